@@ -1,0 +1,24 @@
+"""The real clock, and a manual one for tests and replays."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class ManualClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, *, ms: float = 0, seconds: float = 0) -> datetime:
+        self._now += timedelta(milliseconds=ms, seconds=seconds)
+        return self._now

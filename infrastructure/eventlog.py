@@ -1,0 +1,143 @@
+"""The event log: an eventsourcing Application on SQLite (WAL), with our msgpack transcoder and
+stable topics. Library errors stop here and leave as domain errors."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError as LibNotFound
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import (
+    IntegrityError,
+    MapperDeserialisationError,
+    Mapper,
+    PersistenceError,
+    Transcoder,
+)
+
+from domain.errors import (
+    AggregateNotFoundError,
+    ConcurrencyConflictError,
+    CorruptEventError,
+    DataDirError,
+    EventLogError,
+)
+from domain.phases import PrunePhase
+from infrastructure.topics import StableTopicMapper
+from infrastructure.transcoder import MsgpackTranscoder
+
+A = TypeVar("A", bound=Aggregate)
+
+DEFAULT_DATA_DIR = "prunelog-data"
+EVENTS_FILE = "events.sqlite"
+STATE_FILE = "state.sqlite"
+
+
+def resolve_data_dir(option: str | os.PathLike[str] | None = None) -> Path:
+    """--data-dir beats PRUNELOG_DATA_DIR beats ./prunelog-data."""
+    chosen = option or os.environ.get("PRUNELOG_DATA_DIR") or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser().absolute()
+
+
+def ensure_data_dir(path: Path) -> Path:
+    """Creates the directory and proves it is writable, or raises DataDirError saying why."""
+    if path.exists() and not path.is_dir():
+        raise DataDirError(f"data directory {path} exists but is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise DataDirError(f"data directory {path} is not writable: {exc.strerror or exc}") from None
+    return path
+
+
+class PrunelogApplication(Application[UUID]):
+    name = "prunelog"
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return StableTopicMapper(transcoder=self.construct_transcoder())
+
+    def construct_transcoder(self) -> Transcoder:
+        return MsgpackTranscoder(enums=[PrunePhase])
+
+
+def sqlite_env(db_path: Path) -> dict[str, str]:
+    return {
+        "PERSISTENCE_MODULE": "infrastructure.sqlite_factory:PrunelogSQLiteFactory",
+        "AGGREGATE_CACHE_MAXSIZE": "1000",
+        "SQLITE_DBNAME": str(db_path),
+        "SQLITE_LOCK_TIMEOUT": "30",
+    }
+
+
+class EventsourcingLog:
+    """Implements the domain's EventLog port over a PrunelogApplication."""
+
+    def __init__(self, app: PrunelogApplication) -> None:
+        self.app = app
+
+    @classmethod
+    def open_sqlite(cls, data_dir: Path) -> EventsourcingLog:
+        ensure_data_dir(data_dir)
+        db = data_dir / EVENTS_FILE
+        _check_sqlite_file(db)
+        try:
+            return cls(PrunelogApplication(env=sqlite_env(db)))
+        except PersistenceError as exc:
+            raise EventLogError(f"cannot open event log {db}: {exc}") from None
+
+    def get(self, aggregate_id: UUID, cls: type[A]) -> A:
+        try:
+            agg = self.app.repository.get(aggregate_id)
+        except LibNotFound:
+            raise AggregateNotFoundError(f"no aggregate {aggregate_id} in the log") from None
+        except MapperDeserialisationError as exc:
+            raise CorruptEventError(f"corrupt event in the log: {exc}") from None
+        except PersistenceError as exc:
+            raise EventLogError(f"cannot read the event log: {exc}") from None
+        if not isinstance(agg, cls):
+            raise EventLogError(f"aggregate {aggregate_id} is a {type(agg).__name__}, not {cls}")
+        return agg
+
+    def save(self, *aggregates: Aggregate) -> None:
+        try:
+            self.app.save(*aggregates)
+        except IntegrityError:
+            raise ConcurrencyConflictError(
+                "another writer appended to the same aggregate version first"
+            ) from None
+        except PersistenceError as exc:
+            raise EventLogError(f"cannot append to the event log: {exc}") from None
+
+    def head(self) -> int:
+        return int(self.app.recorder.max_notification_id() or 0)
+
+    def close(self) -> None:
+        self.app.close()
+
+    def __enter__(self) -> EventsourcingLog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _check_sqlite_file(db: Path) -> None:
+    """A truncated or foreign file gets a clear error before the library touches it."""
+    if not db.exists() or db.stat().st_size == 0:
+        return
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            row = conn.execute("PRAGMA quick_check").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise EventLogError(f"event log {db} is not a readable SQLite database: {exc}") from None
+    if row is None or row[0] != "ok":
+        raise EventLogError(f"event log {db} failed its integrity check: {row}")

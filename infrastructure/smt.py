@@ -1,0 +1,284 @@
+"""Jellyfish-style sparse Merkle tree: pure functions, no I/O.
+
+Nodes are content-addressed (`node_hash = sha256(encoding)`) and reached through a `read`
+callable, so the same logic serves an in-memory dict in tests and SQLite in production.
+
+Shape (canonical): a leaf sits at the shallowest depth where its key-hash prefix is unique,
+and every internal node holds at least two keys below it. Leaves do not encode their depth,
+so a leaf moves up or down without changing its hash. The same key/value set therefore gives
+the same root hash whatever the order of updates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+HASH_LEN = 32
+EMPTY_ROOT = b"\x00" * HASH_LEN
+INTERNAL_TAG = 0x01
+LEAF_TAG = 0x02
+PLAIN_VALUE_TAG = 0x00
+OBJECT_VALUE_TAG = 0x01
+MAX_DEPTH = HASH_LEN * 2  # nibbles in a key hash
+
+ReadNode = Callable[[bytes], bytes]
+
+
+class MissingNodeError(LookupError):
+    """A node that a root refers to is not in the store."""
+
+    def __init__(self, node_hash: bytes) -> None:
+        super().__init__(f"missing node {node_hash.hex()}")
+        self.node_hash = node_hash
+
+
+class MalformedNodeError(ValueError):
+    """Bytes that are not a valid node or value encoding."""
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def key_hash(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
+
+
+def node_hash(encoded: bytes) -> bytes:
+    return hashlib.sha256(encoded).digest()
+
+
+# --- values -------------------------------------------------------------------------------
+
+
+def encode_value(raw: bytes, object_root: bytes | None = None) -> bytes:
+    """A plain value, or an object value that embeds the root of its own field tree."""
+    if object_root is None:
+        return bytes((PLAIN_VALUE_TAG,)) + raw
+    if len(object_root) != HASH_LEN:
+        raise MalformedNodeError("object root must be 32 bytes")
+    return bytes((OBJECT_VALUE_TAG,)) + object_root + raw
+
+
+def decode_value(value: bytes) -> tuple[bytes, bytes | None]:
+    """Return `(raw, object_root or None)`."""
+    if not value:
+        raise MalformedNodeError("empty value")
+    if value[0] == PLAIN_VALUE_TAG:
+        return value[1:], None
+    if value[0] == OBJECT_VALUE_TAG and len(value) >= 1 + HASH_LEN:
+        return value[1 + HASH_LEN :], value[1 : 1 + HASH_LEN]
+    raise MalformedNodeError(f"bad value tag {value[0]}")
+
+
+# --- node encodings -----------------------------------------------------------------------
+
+
+def encode_leaf(kh: bytes, value: bytes) -> bytes:
+    return bytes((LEAF_TAG,)) + kh + value
+
+
+def encode_internal(children_by_nibble: Mapping[int, bytes]) -> bytes:
+    bitmap = 0
+    for nibble in children_by_nibble:
+        bitmap |= 1 << nibble
+    body = b"".join(children_by_nibble[n] for n in sorted(children_by_nibble))
+    return bytes((INTERNAL_TAG,)) + bitmap.to_bytes(2, "big") + body
+
+
+def decode_internal(encoded: bytes) -> dict[int, bytes]:
+    bitmap = int.from_bytes(encoded[1:3], "big")
+    out: dict[int, bytes] = {}
+    offset = 3
+    for nibble in range(16):
+        if bitmap >> nibble & 1:
+            out[nibble] = encoded[offset : offset + HASH_LEN]
+            offset += HASH_LEN
+    return out
+
+
+def decode_leaf(encoded: bytes) -> tuple[bytes, bytes]:
+    """Return `(key_hash, value)`."""
+    return encoded[1 : 1 + HASH_LEN], encoded[1 + HASH_LEN :]
+
+
+def is_leaf(encoded: bytes) -> bool:
+    return encoded[0] == LEAF_TAG
+
+
+def children(encoded: bytes) -> list[bytes]:
+    """The hashes a node refers to; what a reachability traversal follows.
+
+    Hot path (once per node over millions of nodes): slicing only, no per-nibble loop.
+    """
+    tag = encoded[0]
+    if tag == INTERNAL_TAG:
+        count = (len(encoded) - 3) // HASH_LEN
+        if int.from_bytes(encoded[1:3], "big").bit_count() != count:
+            raise MalformedNodeError("internal node bitmap does not match its length")
+        return [encoded[i : i + HASH_LEN] for i in range(3, 3 + count * HASH_LEN, HASH_LEN)]
+    if tag == LEAF_TAG:
+        # Leaf = tag, key hash (32), value; an object value embeds its field-tree root.
+        if len(encoded) > 1 + HASH_LEN and encoded[1 + HASH_LEN] == OBJECT_VALUE_TAG:
+            root = encoded[2 + HASH_LEN : 2 + 2 * HASH_LEN]
+            return [] if root == EMPTY_ROOT else [root]
+        return []
+    raise MalformedNodeError(f"bad node tag {tag}")
+
+
+def _nibble(kh: bytes, depth: int) -> int:
+    byte = kh[depth >> 1]
+    return byte & 0x0F if depth & 1 else byte >> 4
+
+
+# --- reads --------------------------------------------------------------------------------
+
+
+def get(read: ReadNode, root: bytes, key: bytes) -> bytes | None:
+    """The value bytes stored under `key` in the tree at `root`, or None."""
+    kh = key_hash(key)
+    current = root
+    for depth in range(MAX_DEPTH + 1):
+        if current == EMPTY_ROOT:
+            return None
+        encoded = read(current)
+        if encoded[0] == LEAF_TAG:
+            leaf_kh, value = decode_leaf(encoded)
+            return value if leaf_kh == kh else None
+        child = decode_internal(encoded).get(_nibble(kh, depth))
+        if child is None:
+            return None
+        current = child
+    raise MalformedNodeError("tree deeper than a key hash")
+
+
+# --- updates ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Sub:
+    """A rebuilt subtree: its hash, and the leaf itself when the subtree is one leaf."""
+
+    hash: bytes
+    leaf: tuple[bytes, bytes] | None
+
+
+Item = tuple[bytes, bytes | None]  # (key_hash, value or None for delete)
+
+
+class _Updater:
+    def __init__(self, read: ReadNode) -> None:
+        self.read = read
+        self.written: dict[bytes, bytes] = {}
+        self.old_path: list[bytes] = []
+
+    def write(self, encoded: bytes, leaf: tuple[bytes, bytes] | None = None) -> _Sub:
+        h = node_hash(encoded)
+        self.written[h] = encoded
+        return _Sub(h, leaf)
+
+    def leaf(self, kh: bytes, value: bytes) -> _Sub:
+        return self.write(encode_leaf(kh, value), (kh, value))
+
+    def build(self, depth: int, items: list[tuple[bytes, bytes]]) -> _Sub | None:
+        """A fresh subtree over `items` (sorted by key hash); writes every node."""
+        if not items:
+            return None
+        if len(items) == 1:
+            return self.leaf(*items[0])
+        if depth >= MAX_DEPTH:
+            raise MalformedNodeError("duplicate key hash")
+        groups: dict[int, list[tuple[bytes, bytes]]] = {}
+        for item in items:
+            groups.setdefault(_nibble(item[0], depth), []).append(item)
+        kids: dict[int, bytes] = {}
+        for nibble, group in groups.items():
+            sub = self.build(depth + 1, group)
+            assert sub is not None
+            kids[nibble] = sub.hash
+        return self.write(encode_internal(kids))
+
+    def apply(self, h: bytes, depth: int, items: list[Item]) -> _Sub | None:
+        if h == EMPTY_ROOT:
+            return self.build(depth, [(kh, v) for kh, v in items if v is not None])
+        encoded = self.read(h)
+        self.old_path.append(h)
+        if encoded[0] == LEAF_TAG:
+            # Merge the old leaf with the changes and rebuild; it may move down.
+            merged = dict([decode_leaf(encoded)])
+            for kh, value in items:
+                if value is None:
+                    merged.pop(kh, None)
+                else:
+                    merged[kh] = value
+            return self.build(depth, sorted(merged.items()))
+        if encoded[0] != INTERNAL_TAG:
+            raise MalformedNodeError(f"bad node tag {encoded[0]}")
+        kids = decode_internal(encoded)
+        groups: dict[int, list[Item]] = {}
+        for item in items:
+            groups.setdefault(_nibble(item[0], depth), []).append(item)
+        leaves: dict[int, tuple[bytes, bytes]] = {}
+        for nibble, group in groups.items():
+            sub = self.apply(kids.get(nibble, EMPTY_ROOT), depth + 1, group)
+            if sub is None:
+                kids.pop(nibble, None)
+                continue
+            kids[nibble] = sub.hash
+            if sub.leaf is not None:
+                leaves[nibble] = sub.leaf
+        if not kids:
+            return None
+        if len(kids) == 1:
+            # One child left: if it is a leaf, it replaces this node (collapse).
+            ((nibble, only),) = kids.items()
+            leaf = leaves.get(nibble)
+            if nibble not in groups:  # an untouched child: look at what it is
+                peeked = self.read(only)
+                if peeked[0] == LEAF_TAG:
+                    leaf = decode_leaf(peeked)
+            if leaf is not None:
+                return self.leaf(*leaf)
+        return self.write(encode_internal(kids))
+
+
+def update(
+    read: ReadNode, root: bytes, changes: Mapping[bytes, bytes | None]
+) -> tuple[bytes, dict[bytes, bytes], list[bytes]]:
+    """Apply `changes` (key -> value bytes, None deletes) to the tree at `root`.
+
+    Returns `(new_root, written_nodes, replaced_hashes)`. `written_nodes` holds every node
+    on every rebuilt path, including moved leaves and hashes that already exist: the store
+    re-stamps each one (the write barrier). `replaced_hashes` are old path nodes that the
+    new tree no longer uses there (candidates for the stale index).
+    """
+    items: list[Item] = []
+    for key, value in changes.items():
+        if value is not None:
+            decode_value(value)  # reject bytes that `children` would misread
+        items.append((key_hash(key), value))
+    if not items:
+        return root, {}, []
+    items.sort(key=lambda item: item[0])
+    updater = _Updater(read)
+    sub = updater.apply(root, 0, items)
+    new_root = EMPTY_ROOT if sub is None else sub.hash
+    written = updater.written
+    replaced = list(dict.fromkeys(h for h in updater.old_path if h not in written))
+    return new_root, written, replaced
+
+
+def reachable(read: ReadNode, root: bytes) -> dict[bytes, bytes]:
+    """Every node reachable from `root` (nested object trees included), iteratively."""
+    out: dict[bytes, bytes] = {}
+    stack = [] if root == EMPTY_ROOT else [root]
+    while stack:
+        h = stack.pop()
+        if h in out:
+            continue
+        encoded = read(h)
+        out[h] = encoded
+        stack.extend(c for c in children(encoded) if c not in out)
+    return out

@@ -1,0 +1,389 @@
+"""SQLite storage of the sparse Merkle state: nodes by hash, one root per tx_order.
+
+Safe to share between processes: WAL mode, a 30 s busy timeout, and short transactions.
+The writer takes the write lock up front (`BEGIN IMMEDIATE`) and does all of a tx's work
+inside it: read the latest root, compute the update, upsert nodes, add the root and the
+stale-index rows. A pruner on another connection either sees all of that tx or none of it.
+
+Genesis is the first committed transaction: tx_order 0. An empty store has no roots.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from infrastructure import smt
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash BLOB NOT NULL UNIQUE, data BLOB NOT NULL, written_order INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS roots (tx_order INTEGER PRIMARY KEY, state_root BLOB NOT NULL,
+    block_height INTEGER NOT NULL, block_hash BLOB NOT NULL, chain_timestamp INTEGER NOT NULL,
+    swept INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS stale (stale_order INTEGER NOT NULL, hash BLOB NOT NULL,
+    PRIMARY KEY (stale_order, hash)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pinned_roots (state_root BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS roots_by_height ON roots(block_height);
+"""
+
+UPSERT_NODE = (
+    "INSERT INTO nodes(hash, data, written_order) VALUES (?, ?, ?) "
+    "ON CONFLICT(hash) DO UPDATE SET written_order = excluded.written_order"
+)
+ROOT_COLUMNS = "tx_order, state_root, block_height, block_hash, chain_timestamp, swept"
+OBJECT_RAW = b"obj"
+BUSY_TIMEOUT_S = 30.0
+LOOKUP_CHUNK = 500  # stays under SQLite's bound-parameter limit
+
+
+class EmptyStoreError(LookupError):
+    """The store has no committed transaction yet, so there is no chain to view."""
+
+
+def block_hash_for(tx_order: int, state_root: bytes) -> bytes:
+    return smt.sha256(b"block" + tx_order.to_bytes(8, "big") + state_root)
+
+
+@dataclass(frozen=True, slots=True)
+class TxResult:
+    tx_order: int
+    state_root: bytes
+    nodes_written: int  # upserts, re-stamps included
+    nodes_reused: int = 0  # of those, hashes that were already stored (re-stamped)
+    stale_written: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RootRow:
+    tx_order: int
+    state_root: bytes
+    block_height: int
+    block_hash: bytes
+    chain_timestamp: int
+    swept: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChainViewRow:
+    latest_order: int
+    state_root: bytes
+    block_height: int
+    block_hash: bytes
+    chain_timestamp: int
+    genesis_root: bytes
+    pinned_roots: tuple[bytes, ...]
+    # Roots with order in [latest_order - protection_orders, latest_order], oldest first;
+    # empty unless `read_chain_view` was asked for them.
+    window_roots: tuple[bytes, ...] = ()
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    roots: int = 0
+    nodes: int = 0  # distinct nodes present and hashed
+    internal: int = 0
+    leaves: int = 0
+    object_roots: int = 0  # leaf -> field-tree edges followed
+    shared_hits: int = 0  # edges into an already-visited node (the DAG at work)
+    bytes: int = 0
+    missing: list[bytes] = field(default_factory=list)
+    corrupt: list[bytes] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.corrupt
+
+
+def _chunks(items: list[bytes], size: int = LOOKUP_CHUNK) -> Iterator[list[bytes]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _root_row(row: tuple[int, bytes, int, bytes, int, int]) -> RootRow:
+    return RootRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+
+
+class SqliteStateStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves so transaction edges are exact.
+        self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.executescript(SCHEMA)
+
+    @classmethod
+    def open(cls, path: str | Path) -> SqliteStateStore:
+        return cls(path)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._conn
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> SqliteStateStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def commit_tx(
+        self,
+        changes: Mapping[bytes, bytes | None],
+        *,
+        chain_timestamp: int,
+        objects: Mapping[bytes, Mapping[bytes, bytes] | None] | None = None,
+    ) -> TxResult:
+        """Commit one transaction as tx_order = latest + 1 (0 for genesis).
+
+        `changes` maps a key to a raw value (stored as a plain value) or None (delete).
+        `objects` maps a key to its fields, built into a fresh field tree, or None (delete).
+        Raw values only: a caller cannot embed an arbitrary old root and so graft a subtree
+        that the pruner may already consider garbage (the writer rule, DESIGN.md item 4).
+        """
+        objects = objects or {}
+        both = changes.keys() & objects.keys()
+        if both:
+            raise ValueError(f"keys both in changes and objects: {sorted(both)[:3]}")
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT tx_order, state_root FROM roots ORDER BY tx_order DESC LIMIT 1"
+            ).fetchone()
+            order, root = (0, smt.EMPTY_ROOT) if row is None else (row[0] + 1, row[1])
+            seen: dict[bytes, bytes] = {}
+
+            def read(h: bytes) -> bytes:
+                data = self.read_node(h)
+                seen[h] = data
+                return data
+
+            written: dict[bytes, bytes] = {}
+            values: dict[bytes, bytes | None] = {
+                k: None if v is None else smt.encode_value(v) for k, v in changes.items()
+            }
+            for key, fields in objects.items():
+                if fields is None:
+                    values[key] = None
+                    continue
+                field_root, nodes, _ = smt.update(
+                    read, smt.EMPTY_ROOT, {f: smt.encode_value(v) for f, v in fields.items()}
+                )
+                written.update(nodes)
+                values[key] = smt.encode_value(OBJECT_RAW, object_root=field_root)
+            new_root, nodes, replaced = smt.update(read, root, values)
+            written.update(nodes)
+            stale = self._stale_candidates(read, seen, replaced, written)
+            reused = self._count_existing(list(written))
+            conn.executemany(UPSERT_NODE, [(h, d, order) for h, d in written.items()])
+            conn.execute(
+                "INSERT INTO roots(tx_order, state_root, block_height, block_hash, "
+                "chain_timestamp) VALUES (?, ?, ?, ?, ?)",
+                (order, new_root, order, block_hash_for(order, new_root), chain_timestamp),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO stale(stale_order, hash) VALUES (?, ?)",
+                [(order, h) for h in stale],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return TxResult(order, new_root, len(written), reused, len(stale))
+
+    @staticmethod
+    def _stale_candidates(
+        read: smt.ReadNode,
+        seen: Mapping[bytes, bytes],
+        replaced: list[bytes],
+        written: Mapping[bytes, bytes],
+    ) -> list[bytes]:
+        """Replaced path nodes, plus the field trees of objects whose leaf was replaced.
+
+        Only candidates: a field tree may still be shared by another object. The pruner
+        deletes a candidate only if it is unmarked and its written_order passes the guard.
+        """
+        out = dict.fromkeys(replaced)
+        dropped = [c for h in replaced if smt.is_leaf(seen[h]) for c in smt.children(seen[h])]
+        for field_root in dropped:
+            if field_root in written:
+                continue  # the same field tree is still (re)written by this tx
+            try:
+                out.update(dict.fromkeys(smt.reachable(read, field_root)))
+            except smt.MissingNodeError:
+                continue  # already gone: nothing more to index
+        return [h for h in out if h not in written]
+
+    def _count_existing(self, hashes: list[bytes]) -> int:
+        count = 0
+        for chunk in _chunks(hashes):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT COUNT(*) FROM nodes WHERE hash IN ({marks})"
+            count += self._conn.execute(sql, chunk).fetchone()[0]
+        return count
+
+    def pin_root(self, state_root: bytes) -> None:
+        self._conn.execute("INSERT OR IGNORE INTO pinned_roots(state_root) VALUES (?)", (state_root,))
+
+    def unpin_root(self, state_root: bytes) -> None:
+        self._conn.execute("DELETE FROM pinned_roots WHERE state_root = ?", (state_root,))
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def read_node(self, h: bytes) -> bytes:
+        row = self._conn.execute("SELECT data FROM nodes WHERE hash = ?", (h,)).fetchone()
+        if row is None:
+            raise smt.MissingNodeError(h)
+        data: bytes = row[0]
+        return data
+
+    def get(self, root: bytes, key: bytes) -> bytes | None:
+        """The encoded value (see `smt.decode_value`) of `key` at `root`, or None."""
+        return smt.get(self.read_node, root, key)
+
+    def latest(self) -> RootRow | None:
+        row = self._conn.execute(
+            f"SELECT {ROOT_COLUMNS} FROM roots ORDER BY tx_order DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else _root_row(row)
+
+    def root_at(self, order: int) -> RootRow | None:
+        row = self._conn.execute(
+            f"SELECT {ROOT_COLUMNS} FROM roots WHERE tx_order = ?", (order,)
+        ).fetchone()
+        return None if row is None else _root_row(row)
+
+    def roots_between(self, lo: int, hi: int) -> list[RootRow]:
+        """Roots with lo <= tx_order <= hi, oldest first."""
+        rows = self._conn.execute(
+            f"SELECT {ROOT_COLUMNS} FROM roots WHERE tx_order BETWEEN ? AND ? ORDER BY tx_order",
+            (lo, hi),
+        ).fetchall()
+        return [_root_row(r) for r in rows]
+
+    def block_hash_at(self, height: int) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT block_hash FROM roots WHERE block_height = ?", (height,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def read_chain_view(self, protection_orders: int | None = None) -> ChainViewRow:
+        """Latest order, root, chain metadata, genesis and pinned roots, in ONE read tx.
+
+        In WAL mode a read transaction sees the database as of its first SELECT until it
+        ends, whatever writers commit meanwhile; so every field here comes from one state.
+        With `protection_orders`, the retained window's roots are read in the same tx.
+        """
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            latest = conn.execute(
+                f"SELECT {ROOT_COLUMNS} FROM roots ORDER BY tx_order DESC LIMIT 1"
+            ).fetchone()
+            if latest is None:
+                raise EmptyStoreError("no committed transaction yet")
+            genesis = conn.execute(
+                "SELECT state_root FROM roots ORDER BY tx_order LIMIT 1"
+            ).fetchone()
+            pinned = conn.execute("SELECT state_root FROM pinned_roots ORDER BY state_root")
+            pinned_roots = tuple(bytes(r[0]) for r in pinned)
+            window: tuple[bytes, ...] = ()
+            if protection_orders is not None:
+                rows = conn.execute(
+                    "SELECT state_root FROM roots WHERE tx_order >= ? ORDER BY tx_order",
+                    (latest[0] - protection_orders,),
+                )
+                window = tuple(bytes(r[0]) for r in rows)
+        finally:
+            conn.execute("COMMIT")
+        row = _root_row(latest)
+        return ChainViewRow(
+            latest_order=row.tx_order,
+            state_root=row.state_root,
+            block_height=row.block_height,
+            block_hash=row.block_hash,
+            chain_timestamp=row.chain_timestamp,
+            genesis_root=bytes(genesis[0]),
+            pinned_roots=pinned_roots,
+            window_roots=window,
+        )
+
+    def node_count(self) -> int:
+        count: int = self._conn.execute("SELECT COUNT(*) FROM nodes").fetchone()[0]
+        return count
+
+    def total_bytes(self) -> int:
+        total: int = self._conn.execute(
+            "SELECT COALESCE(SUM(LENGTH(data) + LENGTH(hash)), 0) FROM nodes"
+        ).fetchone()[0]
+        return total
+
+    # --- verification -----------------------------------------------------------------------
+
+    def verify(self, root: bytes) -> VerifyReport:
+        """Traverse from `root`, re-hashing every node; see `verify_roots`."""
+        return self.verify_roots([root])
+
+    def verify_roots(self, roots: Iterable[bytes]) -> VerifyReport:
+        """Iterative traversal from all `roots` (nested object roots included).
+
+        Shared nodes are visited once. A corrupt node's children are not followed: its
+        bytes cannot be trusted to name them.
+        """
+        report = VerifyReport()
+        visited: set[bytes] = set()
+        frontier: list[bytes] = []
+        for root in roots:
+            report.roots += 1
+            if root != smt.EMPTY_ROOT and root not in visited:
+                visited.add(root)
+                frontier.append(root)
+        while frontier:
+            batch = frontier[-LOOKUP_CHUNK:]
+            del frontier[-LOOKUP_CHUNK:]
+            found = self._fetch(batch)
+            for h in batch:
+                data = found.get(h)
+                if data is None:
+                    report.missing.append(h)
+                    continue
+                if smt.node_hash(data) != h:
+                    report.corrupt.append(h)
+                    continue
+                report.nodes += 1
+                report.bytes += len(data) + len(h)
+                if smt.is_leaf(data):
+                    report.leaves += 1
+                else:
+                    report.internal += 1
+                for child in smt.children(data):
+                    report.object_roots += smt.is_leaf(data)
+                    if child in visited:
+                        report.shared_hits += 1
+                    else:
+                        visited.add(child)
+                        frontier.append(child)
+        return report
+
+    def _fetch(self, hashes: list[bytes]) -> dict[bytes, bytes]:
+        marks = ",".join("?" * len(hashes))
+        rows = self._conn.execute(
+            f"SELECT hash, data FROM nodes WHERE hash IN ({marks})", hashes
+        ).fetchall()
+        return {bytes(h): bytes(d) for h, d in rows}
