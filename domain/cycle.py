@@ -37,6 +37,8 @@ class PruneCycle(Aggregate):
         self.checkpoints: dict[str, dict[str, Any]] = {}
         self.stats: dict[str, dict[str, Any]] = {}
         self.finished = False
+        self.deleted: dict[str, int] = {}
+        self.batches_logged: set[int] = set()
 
     # --- the table ----------------------------------------------------------------------
 
@@ -85,6 +87,28 @@ class PruneCycle(Aggregate):
         self._check("complete_phase")
         self._phase_completed(phase=phase.value, stats=stats, at=at)
 
+    def record_batch(
+        self,
+        phase: PrunePhase,
+        snapshot_id: int,
+        batch_no: int,
+        deleted: list[tuple[bytes, int]],
+        at: datetime,
+    ) -> None:
+        """One guarded-delete batch, with every deleted hash, for the audit."""
+        self._in_phase(phase)
+        self._same_snapshot(snapshot_id)
+        self._check("progress")
+        self._nodes_swept(
+            phase=phase.value,
+            snapshot_id=snapshot_id,
+            batch_no=batch_no,
+            count=len(deleted),
+            hashes=[h for h, _ in deleted],
+            bytes_freed=sum(n for _, n in deleted),
+            at=at,
+        )
+
     def fail_phase(self, phase: PrunePhase, error_type: str, message: str, at: datetime) -> None:
         self._in_phase(phase)
         self._check("fail")
@@ -129,6 +153,21 @@ class PruneCycle(Aggregate):
     def _phase_progressed(self, phase: str, checkpoint: dict[str, Any], at: datetime) -> None:
         self._move("progress")
         self.checkpoints[phase] = checkpoint
+
+    @event("NodesSwept")
+    def _nodes_swept(
+        self,
+        phase: str,
+        snapshot_id: int,
+        batch_no: int,
+        count: int,
+        hashes: list[bytes],
+        bytes_freed: int,
+        at: datetime,
+    ) -> None:
+        self._move("progress")
+        self.deleted[phase] = self.deleted.get(phase, 0) + count
+        self.batches_logged.add(batch_no)
 
     @event("PhaseCompleted")
     def _phase_completed(self, phase: str, stats: dict[str, Any], at: datetime) -> None:

@@ -81,3 +81,11 @@ class UnknownTopicError(EventLogError):
 
 class DataDirError(PrunelogError, OSError):
     """The data directory cannot be created or written."""
+
+
+class ReachSetCorruptError(SnapshotError):
+    """The persisted reach set is missing, truncated or does not match its digest."""
+
+
+class MissingNodeError(PrunelogError):
+    """A node that a retained root reaches is not in the store: the invariant is broken."""

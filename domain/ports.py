@@ -72,3 +72,89 @@ class EventLog(Protocol):
     def save(self, *aggregates: Aggregate) -> None:
         """Appends atomically. Raises ConcurrencyConflictError if anyone appended first."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    hash: bytes
+    row_id: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """A batch the state store deleted but the event log may not have recorded yet."""
+
+    batch_key: str
+    cycle_no: int
+    snapshot_id: int
+    phase: str
+    batch_no: int
+    deleted: list[tuple[bytes, int]]  # (hash, bytes freed)
+
+
+class NodeStorePort(Protocol):
+    """The state store as the pruner sees it. Deletes are always guarded by written_order."""
+
+    def retained_roots(self, from_order: int, to_order: int) -> list[bytes]:
+        """Roots with order in [from_order, to_order], plus genesis and pinned roots."""
+        ...
+
+    def expired_roots(self, below_order: int) -> list[tuple[int, bytes]]:
+        """Not-yet-swept, unpinned roots with 0 < order < below_order, ascending."""
+        ...
+
+    def fetch(self, hashes: list[bytes]) -> list[NodeRecord]:
+        """The nodes that exist among `hashes` (missing ones are left out)."""
+        ...
+
+    def children(self, data: bytes) -> list[bytes]: ...
+
+    def delete_guarded(
+        self, row_ids: list[int], max_order: int, journal: JournalEntry
+    ) -> list[tuple[bytes, int]]:
+        """In ONE write transaction: delete rows whose written_order <= max_order, and journal
+        what was deleted. Returns (hash, bytes) of the rows actually deleted."""
+        ...
+
+    def mark_swept(self, order: int) -> None: ...
+
+    def stale_entries(self, up_to_order: int, limit: int) -> list[tuple[int, bytes]]: ...
+
+    def sweep_stale(
+        self,
+        entries: list[tuple[int, bytes]],
+        row_ids: list[int],
+        max_order: int,
+        journal: JournalEntry,
+    ) -> list[tuple[bytes, int]]:
+        """One transaction: guarded delete of `row_ids`, journal, and consume `entries`."""
+        ...
+
+    def unlogged_journal(self) -> list[JournalEntry]: ...
+
+    def mark_journal_logged(self, batch_key: str) -> None: ...
+
+
+class ReachSet(Protocol):
+    def __contains__(self, row_id: object) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+    def add(self, row_id: int) -> None: ...
+
+
+class ReachStorePort(Protocol):
+    def new(self) -> ReachSet: ...
+
+    def save(self, snapshot_id: int, reach: ReachSet) -> str:
+        """Persists the set durably; returns its digest."""
+        ...
+
+    def load(self, snapshot_id: int, digest: str) -> ReachSet:
+        """Raises ReachSetCorruptError if missing or if the digest does not match."""
+        ...
+
+
+class Progress(Protocol):
+    def __call__(self, phase: str, done: int, total: int | None) -> None: ...

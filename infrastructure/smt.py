@@ -12,8 +12,8 @@ the same root hash whatever the order of updates.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 HASH_LEN = 32
 EMPTY_ROOT = b"\x00" * HASH_LEN
@@ -24,6 +24,7 @@ OBJECT_VALUE_TAG = 0x01
 MAX_DEPTH = HASH_LEN * 2  # nibbles in a key hash
 
 ReadNode = Callable[[bytes], bytes]
+FetchNodes = Callable[[list[bytes]], Mapping[bytes, bytes]]  # batched read: found ones only
 
 
 class MissingNodeError(LookupError):
@@ -282,3 +283,65 @@ def reachable(read: ReadNode, root: bytes) -> dict[bytes, bytes]:
         out[h] = encoded
         stack.extend(c for c in children(encoded) if c not in out)
     return out
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    roots: int = 0
+    nodes: int = 0  # distinct nodes present and hashing to their key
+    internal: int = 0
+    leaves: int = 0
+    object_roots: int = 0  # leaf -> field-tree edges followed
+    shared_hits: int = 0  # edges into an already-visited node: the DAG at work
+    total_bytes: int = 0  # len(hash) + len(data) of the good nodes
+    missing: list[bytes] = field(default_factory=list)
+    corrupt: list[bytes] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.corrupt
+
+
+def verify_walk(fetch: FetchNodes, roots: Iterable[bytes], batch_size: int = 500) -> VerifyReport:
+    """Iterative traversal from `roots`, re-hashing every node, each node visited once.
+
+    A corrupt node's children are not followed: its bytes cannot be trusted to name them.
+    """
+    report = VerifyReport()
+    visited: set[bytes] = set()
+    frontier: list[bytes] = []
+    for root in roots:
+        report.roots += 1
+        if root != EMPTY_ROOT and root not in visited:
+            visited.add(root)
+            frontier.append(root)
+    while frontier:
+        batch = frontier[-batch_size:]
+        del frontier[-batch_size:]
+        found = fetch(batch)
+        for h in batch:
+            data = found.get(h)
+            if data is None:
+                report.missing.append(h)
+                continue
+            try:
+                if node_hash(data) != h:
+                    raise MalformedNodeError("hash mismatch")
+                kids = children(data)
+            except (MalformedNodeError, IndexError):
+                report.corrupt.append(h)
+                continue
+            report.nodes += 1
+            report.total_bytes += len(data) + len(h)
+            if data[0] == LEAF_TAG:
+                report.leaves += 1
+                report.object_roots += len(kids)
+            else:
+                report.internal += 1
+            for child in kids:
+                if child in visited:
+                    report.shared_hits += 1
+                else:
+                    visited.add(child)
+                    frontier.append(child)
+    return report

@@ -11,8 +11,8 @@ Genesis is the first committed transaction: tx_order 0. An empty store has no ro
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -79,23 +79,6 @@ class ChainViewRow:
     # Roots with order in [latest_order - protection_orders, latest_order], oldest first;
     # empty unless `read_chain_view` was asked for them.
     window_roots: tuple[bytes, ...] = ()
-
-
-@dataclass(slots=True)
-class VerifyReport:
-    roots: int = 0
-    nodes: int = 0  # distinct nodes present and hashed
-    internal: int = 0
-    leaves: int = 0
-    object_roots: int = 0  # leaf -> field-tree edges followed
-    shared_hits: int = 0  # edges into an already-visited node (the DAG at work)
-    bytes: int = 0
-    missing: list[bytes] = field(default_factory=list)
-    corrupt: list[bytes] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.missing and not self.corrupt
 
 
 def _chunks(items: list[bytes], size: int = LOOKUP_CHUNK) -> Iterator[list[bytes]]:
@@ -239,7 +222,9 @@ class SqliteStateStore:
         return count
 
     def pin_root(self, state_root: bytes) -> None:
-        self._conn.execute("INSERT OR IGNORE INTO pinned_roots(state_root) VALUES (?)", (state_root,))
+        self._conn.execute(
+            "INSERT OR IGNORE INTO pinned_roots(state_root) VALUES (?)", (state_root,)
+        )
 
     def unpin_root(self, state_root: bytes) -> None:
         self._conn.execute("DELETE FROM pinned_roots WHERE state_root = ?", (state_root,))
@@ -336,54 +321,19 @@ class SqliteStateStore:
 
     # --- verification -----------------------------------------------------------------------
 
-    def verify(self, root: bytes) -> VerifyReport:
-        """Traverse from `root`, re-hashing every node; see `verify_roots`."""
+    def verify(self, root: bytes) -> smt.VerifyReport:
+        """Traverse from `root` (nested object roots included), re-hashing every node."""
         return self.verify_roots([root])
 
-    def verify_roots(self, roots: Iterable[bytes]) -> VerifyReport:
-        """Iterative traversal from all `roots` (nested object roots included).
+    def verify_roots(self, roots: Iterable[bytes]) -> smt.VerifyReport:
+        """Traverse from all `roots` at once; shared nodes are visited once."""
+        return smt.verify_walk(self.fetch_nodes, roots, LOOKUP_CHUNK)
 
-        Shared nodes are visited once. A corrupt node's children are not followed: its
-        bytes cannot be trusted to name them.
-        """
-        report = VerifyReport()
-        visited: set[bytes] = set()
-        frontier: list[bytes] = []
-        for root in roots:
-            report.roots += 1
-            if root != smt.EMPTY_ROOT and root not in visited:
-                visited.add(root)
-                frontier.append(root)
-        while frontier:
-            batch = frontier[-LOOKUP_CHUNK:]
-            del frontier[-LOOKUP_CHUNK:]
-            found = self._fetch(batch)
-            for h in batch:
-                data = found.get(h)
-                if data is None:
-                    report.missing.append(h)
-                    continue
-                if smt.node_hash(data) != h:
-                    report.corrupt.append(h)
-                    continue
-                report.nodes += 1
-                report.bytes += len(data) + len(h)
-                if smt.is_leaf(data):
-                    report.leaves += 1
-                else:
-                    report.internal += 1
-                for child in smt.children(data):
-                    report.object_roots += smt.is_leaf(data)
-                    if child in visited:
-                        report.shared_hits += 1
-                    else:
-                        visited.add(child)
-                        frontier.append(child)
-        return report
-
-    def _fetch(self, hashes: list[bytes]) -> dict[bytes, bytes]:
-        marks = ",".join("?" * len(hashes))
-        rows = self._conn.execute(
-            f"SELECT hash, data FROM nodes WHERE hash IN ({marks})", hashes
-        ).fetchall()
-        return {bytes(h): bytes(d) for h, d in rows}
+    def fetch_nodes(self, hashes: Sequence[bytes]) -> dict[bytes, bytes]:
+        """`{hash: data}` for the stored ones among `hashes`, in chunked IN lookups."""
+        out: dict[bytes, bytes] = {}
+        for chunk in _chunks(list(hashes)):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT hash, data FROM nodes WHERE hash IN ({marks})"
+            out.update(self._conn.execute(sql, chunk).fetchall())
+        return out

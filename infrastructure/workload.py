@@ -88,10 +88,9 @@ class WorkloadWriter:
 
     def _plan(self) -> tuple[dict[bytes, bytes | None], dict[bytes, Fields | None]]:
         rng = self.rng
-        if self._undo_plain or self._undo_objects:
-            if rng.random() < UNDO_PROBABILITY:
-                self._count("undo")
-                return dict(self._undo_plain), dict(self._undo_objects)
+        if (self._undo_plain or self._undo_objects) and rng.random() < UNDO_PROBABILITY:
+            self._count("undo")
+            return dict(self._undo_plain), dict(self._undo_objects)
         plain: dict[bytes, bytes | None] = {}
         objs: dict[bytes, Fields | None] = {}
         tag = self._next_order

@@ -1,0 +1,280 @@
+"""The three phases of a prune cycle, all on ONE snapshot and its ONE reach set.
+
+Safety (DESIGN.md): BuildReach marks every node any retained root reaches, exactly; a sweep deletes
+only unmarked nodes, and the store's DELETE re-checks written_order <= S.latest_order inside the
+deleting transaction, so a hash that a writer put back after S survives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain.config import PruneConfig
+from domain.cycle import PruneCycle, cycle_uuid
+from domain.errors import LockNotHeldError, MissingNodeError, SnapshotMismatchError
+from domain.manager import AtomicSnapshotManager
+from domain.phases import PrunePhase
+from domain.ports import (
+    EventLog,
+    JournalEntry,
+    NodeStorePort,
+    Progress,
+    ReachSet,
+    ReachStorePort,
+)
+from domain.snapshot import AtomicSnapshot, Snapshot, snapshot_uuid
+
+FETCH_BATCH = 512
+
+
+@dataclass
+class PhaseStats:
+    visited: int = 0
+    deleted: int = 0
+    bytes_freed: int = 0
+    kept_by_guard: int = 0
+    roots: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items()}
+
+
+@dataclass
+class CycleReport:
+    cycle_no: int
+    snapshot_id: int
+    latest_order: int
+    reach_count: int = 0
+    reach_digest: str = ""
+    phases: dict[str, PhaseStats] = field(default_factory=dict)
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Pruner:
+    def __init__(
+        self,
+        manager: AtomicSnapshotManager,
+        nodes: NodeStorePort,
+        reach_store: ReachStorePort,
+        config: PruneConfig | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.manager = manager
+        self.log: EventLog = manager.log
+        self.nodes = nodes
+        self.reach_store = reach_store
+        self.config = config or PruneConfig()
+        self.progress = progress or (lambda phase, done, total: None)
+
+    # --- one whole cycle -----------------------------------------------------------------
+
+    def run_cycle(self) -> CycleReport:
+        self.reconcile_journal()
+        snap = self.manager.create_snapshot(PrunePhase.BUILD_REACH)
+        now = self.manager.clock.now()
+        cycle = PruneCycle(self.manager.group, snap.cycle_no, snap.snapshot_id, now)
+        self.log.save(cycle)
+        report = CycleReport(snap.cycle_no, snap.snapshot_id, snap.latest_order)
+
+        reach = self._phase(cycle, snap, PrunePhase.BUILD_REACH, report, self._build_reach)
+        self.manager.lock_snapshot(PrunePhase.SWEEP_EXPIRED)
+        self._phase(cycle, snap, PrunePhase.SWEEP_EXPIRED, report, self._sweep_expired, reach)
+        last = PrunePhase.SWEEP_EXPIRED
+        if self.config.enable_incremental_sweep:
+            self.manager.lock_snapshot(PrunePhase.INCREMENTAL_SWEEP)
+            self._phase(
+                cycle, snap, PrunePhase.INCREMENTAL_SWEEP, report, self._incremental_sweep, reach
+            )
+            last = PrunePhase.INCREMENTAL_SWEEP
+        cycle = self._cycle(snap)
+        cycle.complete(self.manager.clock.now())
+        self.log.save(cycle)
+        self.manager.release_snapshot(last)
+        return report
+
+    def _cycle(self, snap: AtomicSnapshot) -> PruneCycle:
+        return self.log.get(cycle_uuid(snap.group, snap.cycle_no), PruneCycle)
+
+    def _phase(
+        self,
+        cycle: PruneCycle,
+        snap: AtomicSnapshot,
+        phase: PrunePhase,
+        report: CycleReport,
+        body: Callable[..., Any],
+        *args: Any,
+    ) -> Any:
+        cycle = self._cycle(snap)
+        cycle.start_phase(phase, snap.snapshot_id, self.manager.clock.now())
+        self.log.save(cycle)
+        stats = PhaseStats()
+        started = self.manager.clock.now()
+        result = body(snap, stats, report, *args)
+        stats.seconds = (self.manager.clock.now() - started).total_seconds()
+        report.phases[phase.value] = stats
+        cycle = self._cycle(snap)
+        cycle.complete_phase(phase, stats.as_dict(), self.manager.clock.now())
+        self.log.save(cycle)
+        return result
+
+    def _ensure_holding(self, phase: PrunePhase, snap: AtomicSnapshot) -> None:
+        """Checked before every delete batch: a pruner whose lock was taken over stops."""
+        lock = self.manager.lock_info()
+        if not lock.holds(self.manager.owner, phase):
+            raise LockNotHeldError(
+                f"{self.manager.owner} lost the {phase.value} lock; held by {lock.describe_holder()}"
+            )
+        if lock.current_snapshot_id != snap.snapshot_id:
+            raise SnapshotMismatchError(
+                f"lock now names snapshot {lock.current_snapshot_id}, cycle uses {snap.snapshot_id}"
+            )
+
+    # --- BuildReach ----------------------------------------------------------------------
+
+    def _build_reach(
+        self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport
+    ) -> ReachSet:
+        roots = self.nodes.retained_roots(snap.retained_from_order, snap.latest_order)
+        stats.roots = len(roots)
+        reach = self.reach_store.new()
+        self._mark(roots, reach, stats)
+        digest = self.reach_store.save(snap.snapshot_id, reach)
+        snapshot = self.log.get(snapshot_uuid(snap.group, snap.snapshot_id), Snapshot)
+        snapshot.record_reach(len(reach), digest, self.manager.clock.now())
+        self.log.save(snapshot)
+        report.reach_count, report.reach_digest = len(reach), digest
+        return reach
+
+    def _mark(self, roots: list[bytes], reach: ReachSet, stats: PhaseStats) -> None:
+        frontier = list(dict.fromkeys(r for r in roots if any(r)))
+        children = self.nodes.children
+        while frontier:
+            batch = list(dict.fromkeys(frontier[-FETCH_BATCH:]))
+            del frontier[-FETCH_BATCH:]
+            records = self.nodes.fetch(batch)
+            if len(records) != len(batch):
+                missing = set(batch) - {r.hash for r in records}
+                raise MissingNodeError(
+                    f"{len(missing)} node(s) reachable from a retained root are missing, "
+                    f"e.g. {next(iter(missing)).hex()}"
+                )
+            for rec in records:
+                if rec.row_id in reach:
+                    continue
+                reach.add(rec.row_id)
+                frontier.extend(children(rec.data))
+            stats.visited = len(reach)
+            self.progress(PrunePhase.BUILD_REACH.value, stats.visited, None)
+
+    # --- SweepExpired --------------------------------------------------------------------
+
+    def _sweep_expired(
+        self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport, reach: ReachSet
+    ) -> None:
+        expired = self.nodes.expired_roots(snap.retained_from_order)
+        for done, (order, root) in enumerate(expired, start=1):
+            garbage = self._unmarked_below(root, reach, stats)
+            # Children before parents: a crash mid-root leaves every survivor reachable from
+            # the root, which stays unswept, so the next cycle walks it again.
+            garbage.reverse()
+            for ids in _batches(garbage, self.config.delete_batch_size):
+                self._delete(snap, PrunePhase.SWEEP_EXPIRED, ids, stats)
+            self.nodes.mark_swept(order)
+            stats.roots = done
+            self.progress(PrunePhase.SWEEP_EXPIRED.value, done, len(expired))
+            if done % 100 == 0 or done == len(expired):
+                self._checkpoint(snap, PrunePhase.SWEEP_EXPIRED, {"swept_through_order": order})
+
+    def _unmarked_below(self, root: bytes, reach: ReachSet, stats: PhaseStats) -> list[int]:
+        """Row ids under `root` that no retained root reaches, parents before children."""
+        found: list[int] = []
+        seen: set[int] = set()
+        frontier = [root] if any(root) else []
+        while frontier:
+            batch = list(dict.fromkeys(frontier[-FETCH_BATCH:]))
+            del frontier[-FETCH_BATCH:]
+            for rec in self.nodes.fetch(batch):
+                if rec.row_id in reach or rec.row_id in seen:
+                    continue
+                seen.add(rec.row_id)
+                found.append(rec.row_id)
+                frontier.extend(self.nodes.children(rec.data))
+        stats.visited += len(found)
+        return found
+
+    # --- IncrementalSweep ----------------------------------------------------------------
+
+    def _incremental_sweep(
+        self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport, reach: ReachSet
+    ) -> None:
+        limit = self.config.delete_batch_size
+        while entries := self.nodes.stale_entries(snap.retained_from_order, limit):
+            hashes = list(dict.fromkeys(h for _, h in entries))
+            records = self.nodes.fetch(hashes)
+            ids = [r.row_id for r in records if r.row_id not in reach]
+            stats.visited += len(entries)
+            self._delete(snap, PrunePhase.INCREMENTAL_SWEEP, ids, stats, entries)
+            self.progress(PrunePhase.INCREMENTAL_SWEEP.value, stats.visited, None)
+
+    # --- deletes, journal and audit ------------------------------------------------------
+
+    def _delete(
+        self,
+        snap: AtomicSnapshot,
+        phase: PrunePhase,
+        ids: list[int],
+        stats: PhaseStats,
+        stale: list[tuple[int, bytes]] | None = None,
+    ) -> None:
+        self._ensure_holding(phase, snap)
+        cycle = self._cycle(snap)
+        batch_no = max(cycle.batches_logged, default=0) + 1
+        entry = JournalEntry(
+            batch_key=f"{snap.group}/{snap.cycle_no}/{batch_no}",
+            cycle_no=snap.cycle_no,
+            snapshot_id=snap.snapshot_id,
+            phase=phase.value,
+            batch_no=batch_no,
+            deleted=[],
+        )
+        if stale is None:
+            deleted = self.nodes.delete_guarded(ids, snap.latest_order, entry)
+        else:
+            deleted = self.nodes.sweep_stale(stale, ids, snap.latest_order, entry)
+        stats.kept_by_guard += len(ids) - len(deleted)
+        stats.deleted += len(deleted)
+        stats.bytes_freed += sum(n for _, n in deleted)
+        if deleted:
+            cycle.record_batch(phase, snap.snapshot_id, batch_no, deleted, self.manager.clock.now())
+            self.log.save(cycle)
+        self.nodes.mark_journal_logged(entry.batch_key)
+
+    def _checkpoint(self, snap: AtomicSnapshot, phase: PrunePhase, point: dict[str, Any]) -> None:
+        cycle = self._cycle(snap)
+        cycle.progress(phase, point, self.manager.clock.now())
+        self.log.save(cycle)
+
+    def reconcile_journal(self) -> int:
+        """After a crash between a delete and its event: append the missing NodesSwept events,
+        so the audit never lacks a deleted node. Returns how many batches it logged."""
+        logged = 0
+        for entry in self.nodes.unlogged_journal():
+            cycle = self.log.get(cycle_uuid(self.manager.group, entry.cycle_no), PruneCycle)
+            if entry.batch_no not in cycle.batches_logged and entry.deleted:
+                cycle.record_batch(
+                    PrunePhase(entry.phase),
+                    entry.snapshot_id,
+                    entry.batch_no,
+                    entry.deleted,
+                    self.manager.clock.now(),
+                )
+                self.log.save(cycle)
+                logged += 1
+            self.nodes.mark_journal_logged(entry.batch_key)
+        return logged

@@ -1,0 +1,78 @@
+"""The composition root: wires the ports to their SQLite adapters for one data directory."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from domain.config import PruneConfig, RecoveryConfig, SnapshotManagerConfig
+from domain.manager import AtomicSnapshotManager
+from domain.ports import Clock, Progress
+from domain.pruning import Pruner
+from infrastructure.chain import SqliteChainState
+from infrastructure.clock import SystemClock
+from infrastructure.eventlog import STATE_FILE, EventsourcingLog, ensure_data_dir
+from infrastructure.hashing import integrity_hash
+from infrastructure.sqlite_nodes import FileReachStore, SqliteNodeStore
+
+
+def node_id() -> str:
+    """Who holds a lock: host and pid, so an operator can find the process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Settings:
+    data_dir: Path
+    group: str = "default"
+    snapshot: SnapshotManagerConfig = field(default_factory=SnapshotManagerConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+
+class Runtime:
+    """Everything a pruner process needs, opened once and closed together."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        owner: str | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.settings = settings
+        data_dir = ensure_data_dir(settings.data_dir)
+        self.state_path = data_dir / STATE_FILE
+        self.log = EventsourcingLog.open_sqlite(data_dir)
+        self.chain = SqliteChainState(self.state_path)
+        self.nodes = SqliteNodeStore(self.state_path)
+        self.reach_store = FileReachStore(data_dir / "reach")
+        self.manager = AtomicSnapshotManager(
+            self.log,
+            self.chain,
+            clock or SystemClock(),
+            integrity_hash,
+            settings.snapshot,
+            group=settings.group,
+            owner=owner or node_id(),
+            protection_orders=settings.prune.protection_orders,
+        )
+        self.manager.initialize()
+        self.pruner = Pruner(
+            self.manager, self.nodes, self.reach_store, settings.prune, progress=progress
+        )
+
+    def close(self) -> None:
+        self.nodes.close()
+        self.chain.close()
+        self.log.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,201 @@
+"""The pruner's view of the SQLite state store: batched lookups, guarded deletes with a
+journal in the same transaction, the stale index, and the persisted reach set."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+
+import msgpack
+from pyroaring import BitMap
+
+from domain.errors import ReachSetCorruptError
+from domain.ports import JournalEntry, NodeRecord, ReachSet
+from infrastructure import smt
+
+JOURNAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sweep_journal (batch_key TEXT PRIMARY KEY, cycle_no INTEGER NOT NULL,
+    snapshot_id INTEGER NOT NULL, phase TEXT NOT NULL, batch_no INTEGER NOT NULL,
+    deleted BLOB NOT NULL, logged INTEGER NOT NULL DEFAULT 0);
+"""
+_CHUNK = 500  # below SQLite's bound-parameter limit
+
+
+class SqliteNodeStore:
+    """Implements NodeStorePort on its own connection to the state store file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA busy_timeout=30000")
+        self.conn.executescript(JOURNAL_SCHEMA)
+        self._genesis: bytes | None = None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- roots ---------------------------------------------------------------------------
+
+    def retained_roots(self, from_order: int, to_order: int) -> list[bytes]:
+        c = self.conn
+        rows = c.execute(
+            "SELECT state_root FROM roots WHERE tx_order BETWEEN ? AND ? "
+            "UNION SELECT state_root FROM roots WHERE tx_order = 0 "
+            "UNION SELECT state_root FROM pinned_roots",
+            (from_order, to_order),
+        ).fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def expired_roots(self, below_order: int) -> list[tuple[int, bytes]]:
+        rows = self.conn.execute(
+            "SELECT tx_order, state_root FROM roots WHERE swept = 0 AND tx_order > 0 "
+            "AND tx_order < ? AND state_root NOT IN (SELECT state_root FROM pinned_roots) "
+            "ORDER BY tx_order",
+            (below_order,),
+        ).fetchall()
+        return [(int(o), bytes(r)) for o, r in rows]
+
+    def mark_swept(self, order: int) -> None:
+        self.conn.execute("UPDATE roots SET swept = 1 WHERE tx_order = ?", (order,))
+
+    # --- nodes ---------------------------------------------------------------------------
+
+    def fetch(self, hashes: list[bytes]) -> list[NodeRecord]:
+        out: list[NodeRecord] = []
+        execute = self.conn.execute
+        for i in range(0, len(hashes), _CHUNK):
+            chunk = hashes[i : i + _CHUNK]
+            sql = f"SELECT hash, id, data FROM nodes WHERE hash IN ({','.join('?' * len(chunk))})"
+            out.extend(NodeRecord(h, i_, d) for h, i_, d in execute(sql, chunk))
+        return out
+
+    def children(self, data: bytes) -> list[bytes]:
+        return smt.children(data)
+
+    def delete_guarded(
+        self, row_ids: list[int], max_order: int, journal: JournalEntry
+    ) -> list[tuple[bytes, int]]:
+        return self._delete(row_ids, max_order, journal, [])
+
+    def sweep_stale(
+        self,
+        entries: list[tuple[int, bytes]],
+        row_ids: list[int],
+        max_order: int,
+        journal: JournalEntry,
+    ) -> list[tuple[bytes, int]]:
+        return self._delete(row_ids, max_order, journal, entries)
+
+    def _delete(
+        self,
+        row_ids: list[int],
+        max_order: int,
+        journal: JournalEntry,
+        stale: list[tuple[int, bytes]],
+    ) -> list[tuple[bytes, int]]:
+        c = self.conn
+        deleted: list[tuple[bytes, int]] = []
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for i in range(0, len(row_ids), _CHUNK):
+                chunk = row_ids[i : i + _CHUNK]
+                # The guard: a writer that stamped the hash after the snapshot wins.
+                rows = c.execute(
+                    f"DELETE FROM nodes WHERE id IN ({','.join('?' * len(chunk))}) "
+                    "AND written_order <= ? RETURNING hash, length(hash) + length(data)",
+                    [*chunk, max_order],
+                ).fetchall()
+                deleted.extend((bytes(h), int(n)) for h, n in rows)
+            c.executemany("DELETE FROM stale WHERE stale_order = ? AND hash = ?", stale)
+            if deleted:
+                c.execute(
+                    "INSERT INTO sweep_journal(batch_key, cycle_no, snapshot_id, phase, "
+                    "batch_no, deleted) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        journal.batch_key,
+                        journal.cycle_no,
+                        journal.snapshot_id,
+                        journal.phase,
+                        journal.batch_no,
+                        msgpack.packb(deleted, use_bin_type=True),
+                    ),
+                )
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return deleted
+
+    def stale_entries(self, up_to_order: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = self.conn.execute(
+            "SELECT stale_order, hash FROM stale WHERE stale_order <= ? "
+            "ORDER BY stale_order LIMIT ?",
+            (up_to_order, limit),
+        ).fetchall()
+        return [(int(o), bytes(h)) for o, h in rows]
+
+    # --- journal -------------------------------------------------------------------------
+
+    def unlogged_journal(self) -> list[JournalEntry]:
+        rows = self.conn.execute(
+            "SELECT batch_key, cycle_no, snapshot_id, phase, batch_no, deleted "
+            "FROM sweep_journal WHERE logged = 0 ORDER BY rowid"
+        ).fetchall()
+        return [
+            JournalEntry(
+                k, int(c), int(s), str(p), int(b), [(bytes(h), int(n)) for h, n in msgpack.unpackb(d)]
+            )
+            for k, c, s, p, b, d in rows
+        ]
+
+    def mark_journal_logged(self, batch_key: str) -> None:
+        # Logged entries are dropped: the event log now holds the audit.
+        self.conn.execute("DELETE FROM sweep_journal WHERE batch_key = ?", (batch_key,))
+
+
+class FileReachStore:
+    """Reach sets as portable roaring bitmaps, one file each, named by snapshot and digest."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def new(self) -> ReachSet:
+        return BitMap()  # type: ignore[no-any-return]
+
+    def path(self, snapshot_id: int, digest: str) -> Path:
+        return self.directory / f"reach-{snapshot_id}-{digest[:32]}.roaring"
+
+    def save(self, snapshot_id: int, reach: ReachSet) -> str:
+        assert isinstance(reach, BitMap)
+        reach.run_optimize()
+        data = reach.serialize()
+        digest = hashlib.blake2b(data, digest_size=32).hexdigest()
+        final = self.path(snapshot_id, digest)
+        tmp = final.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        return digest
+
+    def load(self, snapshot_id: int, digest: str) -> ReachSet:
+        path = self.path(snapshot_id, digest)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ReachSetCorruptError(f"reach set {path.name} cannot be read: {exc}") from None
+        actual = hashlib.blake2b(data, digest_size=32).hexdigest()
+        if actual != digest:
+            raise ReachSetCorruptError(
+                f"reach set {path.name} digest is {actual[:16]}…, expected {digest[:16]}…"
+            )
+        try:
+            return BitMap.deserialize(data)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise ReachSetCorruptError(f"reach set {path.name} does not decode: {exc}") from None
