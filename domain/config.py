@@ -8,6 +8,13 @@ from typing import Any, Self
 
 from domain.errors import ConfigError
 
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "int": int,
+    "float": (int, float),
+    "bool": bool,
+    "str": str,
+}
+
 
 class _Checked:
     """Shared checks: exact types, sensible ranges and unknown keys named in the error."""
@@ -15,14 +22,12 @@ class _Checked:
     def _check_types(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[str(f.type)]
+            expected: type | tuple[type, ...] = _TYPES[str(f.type)]
             ok = isinstance(value, expected) and not (
                 expected is not bool and isinstance(value, bool)
             )
             if not ok:
-                raise ConfigError(
-                    f"{type(self).__name__}.{f.name} must be {f.type}, got {value!r}"
-                )
+                raise ConfigError(f"{type(self).__name__}.{f.name} must be {f.type}, got {value!r}")
 
     def _positive(self, *names: str) -> None:
         for name in names:

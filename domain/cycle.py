@@ -46,6 +46,10 @@ class PruneCycle(Aggregate):
         return {"phase_completed": self.phase_completed}
 
     def _check(self, trigger: str) -> str:
+        if self.finished:
+            raise IllegalPhaseOrderError(
+                f"cycle {self.cycle_no} is finished ({self.state}); {trigger!r} is not legal"
+            )
         return PHASE_TABLE.next_state(self.state, trigger, self._flags())
 
     def _move(self, trigger: str) -> None:
@@ -55,6 +59,8 @@ class PruneCycle(Aggregate):
         self.state = new_state
 
     def allowed_triggers(self) -> list[str]:
+        if self.finished:
+            return []
         return PHASE_TABLE.allowed(self.state, self._flags())
 
     def _same_snapshot(self, snapshot_id: int) -> None:
@@ -182,7 +188,9 @@ class PruneCycle(Aggregate):
         self.failed_phase = phase
 
     @event("RetryScheduled")
-    def _retry_scheduled(self, phase: str | None, attempt: int, delay_ms: int, at: datetime) -> None:
+    def _retry_scheduled(
+        self, phase: str | None, attempt: int, delay_ms: int, at: datetime
+    ) -> None:
         self._move("schedule_retry")
 
     @event("PhaseResumed")

@@ -51,7 +51,9 @@ class PhaseLock(Aggregate):
     def describe_holder(self) -> str:
         if not self.is_held:
             return "nobody"
-        return f"{self.owner} for {self.phase} since {self.locked_at} (timeout {self.timeout_ms} ms)"
+        return (
+            f"{self.owner} for {self.phase} since {self.locked_at} (timeout {self.timeout_ms} ms)"
+        )
 
     # --- commands ------------------------------------------------------------------------
 

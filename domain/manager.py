@@ -6,6 +6,7 @@ world only through ports, so it runs the same on SQLite, PostgreSQL or in-memory
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime
 from typing import TypeVar
 
@@ -55,10 +56,9 @@ class AtomicSnapshotManager:
         try:
             self.log.get(lock_uuid(self.group), PhaseLock)
         except AggregateNotFoundError:
-            try:
+            # Another node may create it first: that is the same lock.
+            with suppress(ConcurrencyConflictError):
                 self.log.save(PhaseLock(group=self.group))
-            except ConcurrencyConflictError:
-                pass  # another node created it first: that is the same lock
 
     def _lock(self) -> PhaseLock:
         try:
@@ -78,7 +78,9 @@ class AtomicSnapshotManager:
 
     # --- the spec's Basic Usage ----------------------------------------------------------
 
-    def create_snapshot(self, phase: PrunePhase | str, *, cycle_no: int | None = None) -> AtomicSnapshot:
+    def create_snapshot(
+        self, phase: PrunePhase | str, *, cycle_no: int | None = None
+    ) -> AtomicSnapshot:
         """Reads the chain in one read transaction, records the snapshot and locks it for
         `phase`. A new cycle starts with it unless `cycle_no` names the cycle it replaces in."""
         phase = PrunePhase.parse(phase)

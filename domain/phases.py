@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import Enum
+from enum import StrEnum
 from typing import Final
 
 from transitions import Machine
@@ -11,7 +11,7 @@ from transitions import Machine
 from domain.errors import IllegalPhaseOrderError, UnknownPhaseError
 
 
-class PrunePhase(str, Enum):
+class PrunePhase(StrEnum):
     """The three phases of a prune cycle."""
 
     BUILD_REACH = "BuildReach"
@@ -48,7 +48,12 @@ STATES: Final = (IDLE, *RUNNING, FAILED, RECOVERING, ROLLED_BACK)
 PHASE_ORDER: Final[tuple[dict[str, object], ...]] = (
     {"trigger": "start_build_reach", "source": [IDLE, ROLLED_BACK], "dest": "BuildReach"},
     {"trigger": "progress", "source": list(RUNNING), "dest": None, "unless": "phase_completed"},
-    {"trigger": "complete_phase", "source": list(RUNNING), "dest": None, "unless": "phase_completed"},
+    {
+        "trigger": "complete_phase",
+        "source": list(RUNNING),
+        "dest": None,
+        "unless": "phase_completed",
+    },
     {
         "trigger": "start_sweep_expired",
         "source": "BuildReach",
@@ -116,7 +121,9 @@ class _Table:
         out = []
         for trigger in sorted(self.machine.get_triggers(state)):
             for candidate in self.machine.get_transitions(trigger=trigger, source=state):
-                if all(bool(flags.get(str(c.func), False)) == c.target for c in candidate.conditions):
+                if all(
+                    bool(flags.get(str(c.func), False)) == c.target for c in candidate.conditions
+                ):
                     out.append(trigger)
                     break
         return out

@@ -111,13 +111,11 @@ class NodeStorePort(Protocol):
     def children(self, data: bytes) -> list[bytes]: ...
 
     def delete_guarded(
-        self, row_ids: list[int], max_order: int, journal: JournalEntry
+        self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]
     ) -> list[tuple[bytes, int]]:
-        """In ONE write transaction: delete rows whose written_order <= max_order, and journal
-        what was deleted. Returns (hash, bytes) of the rows actually deleted."""
+        """In ONE write transaction: delete rows whose written_order <= max_order, journal what
+        was deleted, and mark the `swept` root orders done. Returns (hash, bytes) deleted."""
         ...
-
-    def mark_swept(self, order: int) -> None: ...
 
     def stale_entries(self, up_to_order: int, limit: int) -> list[tuple[int, bytes]]: ...
 

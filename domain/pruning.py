@@ -128,7 +128,8 @@ class Pruner:
         lock = self.manager.lock_info()
         if not lock.holds(self.manager.owner, phase):
             raise LockNotHeldError(
-                f"{self.manager.owner} lost the {phase.value} lock; held by {lock.describe_holder()}"
+                f"{self.manager.owner} lost the {phase.value} lock; "
+                f"held by {lock.describe_holder()}"
             )
         if lock.current_snapshot_id != snap.snapshot_id:
             raise SnapshotMismatchError(
@@ -178,23 +179,37 @@ class Pruner:
         self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport, reach: ReachSet
     ) -> None:
         expired = self.nodes.expired_roots(snap.retained_from_order)
-        for done, (order, root) in enumerate(expired, start=1):
-            garbage = self._unmarked_below(root, reach, stats)
-            # Children before parents: a crash mid-root leaves every survivor reachable from
-            # the root, which stays unswept, so the next cycle walks it again.
-            garbage.reverse()
-            for ids in _batches(garbage, self.config.delete_batch_size):
-                self._delete(snap, PrunePhase.SWEEP_EXPIRED, ids, stats)
-            self.nodes.mark_swept(order)
-            stats.roots = done
-            self.progress(PrunePhase.SWEEP_EXPIRED.value, done, len(expired))
-            if done % 100 == 0 or done == len(expired):
-                self._checkpoint(snap, PrunePhase.SWEEP_EXPIRED, {"swept_through_order": order})
-
-    def _unmarked_below(self, root: bytes, reach: ReachSet, stats: PhaseStats) -> list[int]:
-        """Row ids under `root` that no retained root reaches, parents before children."""
-        found: list[int] = []
         seen: set[int] = set()
+        pending: list[int] = []  # garbage of whole roots, in discovery order
+        pending_roots: list[int] = []
+        for done, (order, root) in enumerate(expired, start=1):
+            pending.extend(self._unmarked_below(root, reach, seen))
+            pending_roots.append(order)
+            if len(pending) >= self.config.delete_batch_size or done == len(expired):
+                self._delete_roots(snap, pending, pending_roots, stats)
+                stats.roots = done
+                self._checkpoint(snap, PrunePhase.SWEEP_EXPIRED, {"swept_through_order": order})
+                pending, pending_roots = [], []
+            self.progress(PrunePhase.SWEEP_EXPIRED.value, done, len(expired))
+        stats.visited = len(seen)
+
+    def _delete_roots(
+        self, snap: AtomicSnapshot, garbage: list[int], orders: list[int], stats: PhaseStats
+    ) -> None:
+        """Deletes in reverse discovery order, so whatever a crash leaves is a prefix of the
+        walk: still reachable from a root that is not yet marked swept (marking happens in
+        the last transaction), and the next cycle walks it again."""
+        garbage.reverse()
+        size = self.config.delete_batch_size
+        chunks = list(_batches(garbage, size)) or [[]]
+        for i, ids in enumerate(chunks):
+            last = i == len(chunks) - 1
+            self._delete(snap, PrunePhase.SWEEP_EXPIRED, ids, stats, swept=orders if last else [])
+
+    def _unmarked_below(self, root: bytes, reach: ReachSet, seen: set[int]) -> list[int]:
+        """Row ids under `root` that no retained root reaches and that no earlier root of this
+        sweep already collected, parents before children."""
+        found: list[int] = []
         frontier = [root] if any(root) else []
         while frontier:
             batch = list(dict.fromkeys(frontier[-FETCH_BATCH:]))
@@ -205,7 +220,6 @@ class Pruner:
                 seen.add(rec.row_id)
                 found.append(rec.row_id)
                 frontier.extend(self.nodes.children(rec.data))
-        stats.visited += len(found)
         return found
 
     # --- IncrementalSweep ----------------------------------------------------------------
@@ -231,6 +245,7 @@ class Pruner:
         ids: list[int],
         stats: PhaseStats,
         stale: list[tuple[int, bytes]] | None = None,
+        swept: list[int] | None = None,
     ) -> None:
         self._ensure_holding(phase, snap)
         cycle = self._cycle(snap)
@@ -244,7 +259,7 @@ class Pruner:
             deleted=[],
         )
         if stale is None:
-            deleted = self.nodes.delete_guarded(ids, snap.latest_order, entry)
+            deleted = self.nodes.delete_guarded(ids, snap.latest_order, entry, swept or [])
         else:
             deleted = self.nodes.sweep_stale(stale, ids, snap.latest_order, entry)
         stats.kept_by_guard += len(ids) - len(deleted)

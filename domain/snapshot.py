@@ -194,7 +194,12 @@ class Snapshot(Aggregate):
         )
 
     def ensure_usable(self, now: datetime, max_age_ms: int, hasher: IntegrityHasher) -> None:
-        """Raises the precise reason this snapshot may not be used by a phase."""
+        """Raises the precise reason this snapshot may not be used by a phase. Integrity comes
+        first: the age check reads `created_at`, which is only trustworthy once the hash holds."""
+        if not self.integrity_ok(hasher):
+            raise SnapshotIntegrityError(
+                f"snapshot {self.snapshot_id}: integrity hash does not match its fields"
+            )
         if self.status == "invalidated":
             raise SnapshotInvalidatedError(
                 f"snapshot {self.snapshot_id} was invalidated: {self.status_reason}"
@@ -205,10 +210,6 @@ class Snapshot(Aggregate):
             raise SnapshotExpiredError(
                 f"snapshot {self.snapshot_id} is {self.age_ms(now):.0f} ms old; "
                 f"max_snapshot_age_ms is {max_age_ms}"
-            )
-        if not self.integrity_ok(hasher):
-            raise SnapshotIntegrityError(
-                f"snapshot {self.snapshot_id}: integrity hash does not match its fields"
             )
 
     # --- commands ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ the same root hash whatever the order of updates.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -89,15 +90,14 @@ def encode_internal(children_by_nibble: Mapping[int, bytes]) -> bytes:
     return bytes((INTERNAL_TAG,)) + bitmap.to_bytes(2, "big") + body
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _nibbles_of(bitmap: int) -> tuple[int, ...]:
+    return tuple(n for n in range(16) if bitmap >> n & 1)
+
+
 def decode_internal(encoded: bytes) -> dict[int, bytes]:
-    bitmap = int.from_bytes(encoded[1:3], "big")
-    out: dict[int, bytes] = {}
-    offset = 3
-    for nibble in range(16):
-        if bitmap >> nibble & 1:
-            out[nibble] = encoded[offset : offset + HASH_LEN]
-            offset += HASH_LEN
-    return out
+    nibbles = _nibbles_of(int.from_bytes(encoded[1:3], "big"))
+    return {n: encoded[3 + i * HASH_LEN : 35 + i * HASH_LEN] for i, n in enumerate(nibbles)}
 
 
 def decode_leaf(encoded: bytes) -> tuple[bytes, bytes]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 
-from eventsourcing.persistence import Environment
 from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool, SQLiteFactory
+from eventsourcing.utils import Environment
 
 _SYNC_MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
 

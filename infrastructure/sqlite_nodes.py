@@ -59,9 +59,6 @@ class SqliteNodeStore:
         ).fetchall()
         return [(int(o), bytes(r)) for o, r in rows]
 
-    def mark_swept(self, order: int) -> None:
-        self.conn.execute("UPDATE roots SET swept = 1 WHERE tx_order = ?", (order,))
-
     # --- nodes ---------------------------------------------------------------------------
 
     def fetch(self, hashes: list[bytes]) -> list[NodeRecord]:
@@ -77,9 +74,9 @@ class SqliteNodeStore:
         return smt.children(data)
 
     def delete_guarded(
-        self, row_ids: list[int], max_order: int, journal: JournalEntry
+        self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]
     ) -> list[tuple[bytes, int]]:
-        return self._delete(row_ids, max_order, journal, [])
+        return self._delete(row_ids, max_order, journal, [], swept)
 
     def sweep_stale(
         self,
@@ -88,7 +85,7 @@ class SqliteNodeStore:
         max_order: int,
         journal: JournalEntry,
     ) -> list[tuple[bytes, int]]:
-        return self._delete(row_ids, max_order, journal, entries)
+        return self._delete(row_ids, max_order, journal, entries, [])
 
     def _delete(
         self,
@@ -96,6 +93,7 @@ class SqliteNodeStore:
         max_order: int,
         journal: JournalEntry,
         stale: list[tuple[int, bytes]],
+        swept: list[int],
     ) -> list[tuple[bytes, int]]:
         c = self.conn
         deleted: list[tuple[bytes, int]] = []
@@ -111,6 +109,7 @@ class SqliteNodeStore:
                 ).fetchall()
                 deleted.extend((bytes(h), int(n)) for h, n in rows)
             c.executemany("DELETE FROM stale WHERE stale_order = ? AND hash = ?", stale)
+            c.executemany("UPDATE roots SET swept = 1 WHERE tx_order = ?", [(o,) for o in swept])
             if deleted:
                 c.execute(
                     "INSERT INTO sweep_journal(batch_key, cycle_no, snapshot_id, phase, "
@@ -147,7 +146,12 @@ class SqliteNodeStore:
         ).fetchall()
         return [
             JournalEntry(
-                k, int(c), int(s), str(p), int(b), [(bytes(h), int(n)) for h, n in msgpack.unpackb(d)]
+                k,
+                int(c),
+                int(s),
+                str(p),
+                int(b),
+                [(bytes(h), int(n)) for h, n in msgpack.unpackb(d)],
             )
             for k, c, s, p, b, d in rows
         ]
@@ -165,7 +169,7 @@ class FileReachStore:
         directory.mkdir(parents=True, exist_ok=True)
 
     def new(self) -> ReachSet:
-        return BitMap()  # type: ignore[no-any-return]
+        return BitMap()  # type: ignore[return-value]
 
     def path(self, snapshot_id: int, digest: str) -> Path:
         return self.directory / f"reach-{snapshot_id}-{digest[:32]}.roaring"
@@ -196,6 +200,6 @@ class FileReachStore:
                 f"reach set {path.name} digest is {actual[:16]}…, expected {digest[:16]}…"
             )
         try:
-            return BitMap.deserialize(data)  # type: ignore[no-any-return]
+            return BitMap.deserialize(data)  # type: ignore[return-value]
         except Exception as exc:
             raise ReachSetCorruptError(f"reach set {path.name} does not decode: {exc}") from None

@@ -3,14 +3,15 @@ survives refactoring and a tampered topic can never make us import (and run) a m
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from eventsourcing.domain import Aggregate, CanMutateAggregate
-from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent
 from eventsourcing.utils import get_topic
 
 from domain.cycle import PruneCycle
-from domain.errors import UnknownTopicError
+from domain.errors import CorruptEventError, UnknownTopicError
 from domain.lock import PhaseLock
 from domain.snapshot import Snapshot
 
@@ -21,7 +22,11 @@ def _event_classes() -> dict[str, type[Any]]:
     table: dict[str, type[Any]] = {}
     for agg in AGGREGATES:
         for name, value in vars(agg).items():
-            if name != "Event" and isinstance(value, type) and issubclass(value, CanMutateAggregate):
+            if (
+                name != "Event"
+                and isinstance(value, type)
+                and issubclass(value, CanMutateAggregate)
+            ):
                 table[f"prunelog:{agg.__name__}.{name}"] = value
     return table
 
@@ -29,6 +34,9 @@ def _event_classes() -> dict[str, type[Any]]:
 # stable topic -> class, and back. Version suffixes go here when an event changes shape.
 TOPICS: dict[str, type[Any]] = _event_classes()
 _BY_CLASS: dict[type[Any], str] = {cls: topic for topic, cls in TOPICS.items()}
+# A Created event's state names its aggregate class, and the library imports that name on
+# replay: only these may appear there.
+_AGGREGATE_TOPICS: frozenset[str] = frozenset(get_topic(agg) for agg in AGGREGATES)
 
 
 class StableTopicMapper(Mapper[Any]):
@@ -55,4 +63,23 @@ class StableTopicMapper(Mapper[Any]):
             get_topic(cls),
             stored_event.state,
         )
-        return super().to_domain_event(internal)
+        where = f"stored event {stored_event.originator_id} v{stored_event.originator_version}"
+        try:
+            domain_event = super().to_domain_event(internal)
+        except MapperDeserialisationError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            raise CorruptEventError(f"{where} ({stored_event.topic}) is malformed: {exc}") from None
+        state = vars(domain_event)
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in state)
+        if missing:
+            raise CorruptEventError(
+                f"{where} ({stored_event.topic}) is missing field(s): {', '.join(missing)}"
+            )
+        origin = state.get("originator_topic")
+        if origin is not None and origin not in _AGGREGATE_TOPICS:
+            raise UnknownTopicError(
+                f"{where} names aggregate class {origin!r}, which is not a prunelog aggregate; "
+                "refusing it"
+            )
+        return domain_event

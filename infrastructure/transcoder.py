@@ -74,6 +74,11 @@ class MsgpackTranscoder(Transcoder):
             offset = obj.utcoffset()
             if offset is None:
                 raise TranscodingError(f"naive datetime {obj.isoformat()} has no timezone")
+            if offset % timedelta(seconds=1):
+                # The format stores whole seconds of offset; refuse rather than shift it.
+                raise TranscodingError(
+                    f"datetime {obj.isoformat()} has a sub-second UTC offset; not supported"
+                )
             micros = (obj - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
             return msgpack.ExtType(_DATETIME, self._pack([micros, offset // timedelta(seconds=1)]))
         if isinstance(obj, Decimal):
@@ -98,7 +103,10 @@ class MsgpackTranscoder(Transcoder):
         if code == _DATETIME:
             micros, offset = self.decode(data)
             tz = timezone(timedelta(seconds=offset)) if offset else UTC
-            return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)).astimezone(tz)
+            # Build the local wall time directly: near datetime.min/max the UTC instant of a
+            # valid aware datetime can lie outside datetime's range.
+            wall = datetime(1970, 1, 1) + timedelta(microseconds=micros, seconds=offset)
+            return wall.replace(tzinfo=tz)
         if code == _DECIMAL:
             return Decimal(data.decode())
         if code == _ENUM:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
-from infrastructure.state_store import SqliteStateStore, TxResult
+from infrastructure.state_store import SqliteStateStore, TxResult, TxSpec
 
 GENESIS_TIMESTAMP_MS = 1_700_000_000_000
 BLOCK_INTERVAL_MS = 1_000
@@ -121,14 +121,11 @@ class WorkloadWriter:
                     objs[key] = self._fields(f"o:{tag}:{op_index}")
         return plain, objs
 
-    def step(self) -> TxResult:
-        """Commit ONE transaction."""
+    def _next_spec(self) -> TxSpec:
+        """Plan the next tx and apply it to the model (the commit follows)."""
         plain, objs = self._plan()
-        order = self._next_order
-        result = self.store.commit_tx(
-            plain, chain_timestamp=chain_timestamp_for(order), objects=objs
-        )
-        self._next_order = result.tx_order + 1
+        spec = TxSpec(plain, chain_timestamp_for(self._next_order), objs)
+        self._next_order += 1
         self._undo_plain = {k: self.values.get(k) for k in plain}
         self._undo_objects = {k: self.objects.get(k) for k in objs}
         for key, value in plain.items():
@@ -144,20 +141,42 @@ class WorkloadWriter:
                 self.objects.pop(key, None)
             else:
                 self.objects[key] = fields
-        stats = self.stats
-        stats.txs += 1
-        stats.nodes_written += result.nodes_written
-        stats.nodes_reused += result.nodes_reused
-        stats.stale_written += result.stale_written
-        stats.last = result
-        return result
+        return spec
 
-    def run(self, n_txs: int, sleep_ms: float = 0, should_stop: StopFlag | None = None) -> int:
-        """Commit up to `n_txs` txs (0 = until stopped); return how many were committed."""
+    def step(self) -> TxResult:
+        """Commit ONE transaction."""
+        return self.step_many(1)[0]
+
+    def step_many(self, count: int) -> list[TxResult]:
+        """Bulk mode: `count` txs in one SQLite commit; the same roots as `count` steps.
+
+        A failed commit leaves the model ahead of the store: make a new writer after one.
+        """
+        results = self.store.commit_many([self._next_spec() for _ in range(count)])
+        stats = self.stats
+        for result in results:
+            stats.txs += 1
+            stats.nodes_written += result.nodes_written
+            stats.nodes_reused += result.nodes_reused
+            stats.stale_written += result.stale_written
+            stats.last = result
+        return results
+
+    def run(
+        self,
+        n_txs: int,
+        sleep_ms: float = 0,
+        should_stop: StopFlag | None = None,
+        batch: int = 1,
+    ) -> int:
+        """Commit up to `n_txs` txs (0 = until stopped), `batch` per SQLite commit.
+
+        Returns how many were committed. `should_stop` is checked between commits only.
+        """
         done = 0
         while (n_txs <= 0 or done < n_txs) and not (should_stop and should_stop.stop):
-            self.step()
-            done += 1
+            count = batch if n_txs <= 0 else min(batch, n_txs - done)
+            done += len(self.step_many(count))
             if sleep_ms > 0:
                 time.sleep(sleep_ms / 1000)
         return done
@@ -194,21 +213,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--keys", type=int, default=2_000, help="size of the plain key space")
     parser.add_argument("--ops-per-tx", type=int, default=8, help="mean changes per tx")
-    parser.add_argument("--sleep-ms", type=float, default=0, help="pause after each tx")
+    parser.add_argument("--sleep-ms", type=float, default=0, help="pause after each commit")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="txs per SQLite commit (bulk mode for big stores)"
+    )
     args = parser.parse_args(argv)
     flag = StopFlag()
     signal.signal(signal.SIGTERM, flag.handle)
     signal.signal(signal.SIGINT, flag.handle)
     started = time.perf_counter()
+    error: str | None = None
     with SqliteStateStore.open(args.db) as store:
         writer = WorkloadWriter(store, args.seed, keys=args.keys, ops_per_tx=args.ops_per_tx)
-        writer.run(args.txs, args.sleep_ms, should_stop=flag)
+        try:
+            writer.run(args.txs, args.sleep_ms, should_stop=flag, batch=max(1, args.batch))
+        except Exception as exc:  # e.g. a MissingNodeError: report it, exit non-zero
+            error = f"{type(exc).__name__}: {exc}"
         summary = writer.summary()
         summary["node_count"] = store.node_count()
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
     summary["stopped_by"] = flag.signal_name
+    summary["error"] = error
     print(json.dumps(summary), flush=True)
-    return 0
+    return 0 if error is None else 1
 
 
 if __name__ == "__main__":

@@ -150,6 +150,17 @@ def test_nodes_root_and_stale_rows_commit_or_fail_together(store: SqliteStateSto
     assert store.commit_tx({b"k7": b"v1"}, chain_timestamp=1).tx_order == 1
 
 
+def test_a_tx_over_a_missing_live_node_fails_and_commits_nothing(
+    store: SqliteStateStore,
+) -> None:
+    first = store.commit_tx({b"k%d" % i: b"v" for i in range(50)}, chain_timestamp=0)
+    store.connection.execute("DELETE FROM nodes WHERE hash = ?", (first.state_root,))
+    with pytest.raises(smt.MissingNodeError):
+        store.commit_tx({b"k1": b"w"}, chain_timestamp=1)
+    latest = store.latest()
+    assert latest is not None and latest.tx_order == 0
+
+
 def test_verify_reports_a_deleted_node_as_missing_and_a_tampered_one_as_corrupt(
     store: SqliteStateStore,
 ) -> None:

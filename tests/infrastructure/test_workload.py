@@ -29,6 +29,27 @@ def test_the_same_seed_gives_the_same_sequence_of_roots(tmp_path: Path) -> None:
     assert first != other
 
 
+def table(store: SqliteStateStore, sql: str) -> set[tuple[object, ...]]:
+    return set(store.connection.execute(sql).fetchall())
+
+
+def test_bulk_commits_give_the_same_roots_stamps_and_stale_rows_as_single_commits(
+    tmp_path: Path,
+) -> None:
+    with (
+        SqliteStateStore.open(tmp_path / "one.db") as one,
+        SqliteStateStore.open(tmp_path / "bulk.db") as bulk,
+    ):
+        WorkloadWriter(one, 21, keys=200).run(90)
+        WorkloadWriter(bulk, 21, keys=200).run(90, batch=7)
+        for sql in (
+            "SELECT tx_order, state_root, block_hash, chain_timestamp FROM roots",
+            "SELECT hash, data, written_order FROM nodes",
+            "SELECT stale_order, hash FROM stale",
+        ):
+            assert table(one, sql) == table(bulk, sql)
+
+
 def test_chain_timestamps_come_from_the_tx_number(tmp_path: Path) -> None:
     with SqliteStateStore.open(tmp_path / "s.db") as store:
         WorkloadWriter(store, 1, keys=50).run(5)
@@ -73,7 +94,7 @@ def start_writer(db: Path, *args: str) -> subprocess.Popen[str]:
 
 def test_the_writer_process_runs_a_bounded_number_of_txs(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
-    proc = start_writer(db, "--txs", "25", "--seed", "4", "--keys", "50")
+    proc = start_writer(db, "--txs", "25", "--seed", "4", "--keys", "50", "--batch", "4")
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     summary = json.loads(out.strip().splitlines()[-1])
@@ -94,7 +115,7 @@ def test_a_reader_works_while_the_writer_process_runs_until_sigterm(tmp_path: Pa
     try:
         with SqliteStateStore.open(db) as reader:
             deadline = time.monotonic() + 30
-            while len(orders) < 30 and time.monotonic() < deadline:
+            while len(orders) < 60 and time.monotonic() < deadline:
                 latest = reader.latest()
                 if latest is None:
                     time.sleep(0.01)
@@ -106,7 +127,7 @@ def test_a_reader_works_while_the_writer_process_runs_until_sigterm(tmp_path: Pa
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
-    assert len(orders) >= 30
+    assert len(orders) >= 60
     assert proc.returncode == 0
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["stopped_by"] == "SIGTERM"
@@ -114,3 +135,17 @@ def test_a_reader_works_while_the_writer_process_runs_until_sigterm(tmp_path: Pa
         latest = store.latest()
         assert latest is not None and latest.tx_order == summary["last_order"]
         assert store.verify(latest.state_root).ok
+
+
+def test_the_writer_process_fails_loudly_on_a_missing_live_node(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    with SqliteStateStore.open(db) as store:
+        WorkloadWriter(store, 2, keys=50).run(10)
+        latest = store.latest()
+        assert latest is not None
+        store.connection.execute("DELETE FROM nodes WHERE hash = ?", (latest.state_root,))
+    proc = start_writer(db, "--txs", "5", "--seed", "2", "--keys", "50")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["error"].startswith("MissingNodeError") and summary["txs"] == 0

@@ -1,0 +1,143 @@
+"""The `prunelog` command line. Exit codes: 0 ok, 1 violation or failure, 2 usage or config."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+from rich.console import Console
+
+from domain.errors import ConfigError, DataDirError, PrunelogError, UnknownPhaseError
+from infrastructure.config_file import CONFIG_FILE, DEFAULT_TOML, load_settings
+from infrastructure.eventlog import EventsourcingLog, ensure_data_dir, resolve_data_dir
+from infrastructure.progress import RichProgress
+from infrastructure.render import describe, notifications
+from infrastructure.runtime import Runtime
+
+console = Console()
+err = Console(stderr=True)
+
+
+class Context:
+    def __init__(self, data_dir: str | None, config: str | None) -> None:
+        self.data_dir = resolve_data_dir(data_dir)
+        self.config = Path(config) if config else None
+
+
+@click.group()
+@click.option(
+    "--data-dir",
+    envvar="PRUNELOG_DATA_DIR",
+    default=None,
+    help="Where the event log and state live. [env PRUNELOG_DATA_DIR; default ./prunelog-data]",
+)
+@click.option("--config", default=None, help="Config file. [default <data-dir>/prunelog.toml]")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: str | None, config: str | None) -> None:
+    """prunelog: a runtime state pruner whose every decision is an event."""
+    ctx.obj = Context(data_dir, config)
+
+
+@cli.command()
+@click.pass_obj
+def init(obj: Context) -> None:
+    """Create the data directory and a config file with commented defaults."""
+    ensure_data_dir(obj.data_dir)
+    path = obj.data_dir / CONFIG_FILE
+    if path.exists():
+        console.print(f"{path} already exists; left unchanged")
+        return
+    path.write_text(DEFAULT_TOML)
+    console.print(f"created {path}")
+
+
+@cli.command()
+@click.option("--cycles", default=4, show_default=True, help="Prune cycles while the writer runs.")
+@click.option("--initial-txs", default=1500, show_default=True, help="Txs written before pruning.")
+@click.option("--seed", default=7, show_default=True)
+@click.pass_obj
+def demo(obj: Context, cycles: int, initial_txs: int, seed: int) -> None:
+    """Build a store, prune it while a writer keeps writing, and verify the result."""
+    from infrastructure.demo import DemoOptions, run_demo
+
+    code = run_demo(obj.data_dir, DemoOptions(initial_txs, cycles, seed=seed), console)
+    sys.exit(code)
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        self.requested = True
+        err.print(f"{signal.Signals(signum).name}: stopping after the current cycle")
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Run one cycle and exit.")
+@click.option("--cycles", type=int, default=0, help="Stop after this many cycles (0 = forever).")
+@click.pass_obj
+def run(obj: Context, once: bool, cycles: int) -> None:
+    """Run prune cycles every interval_s on <data-dir>/state.sqlite."""
+    settings = load_settings(obj.data_dir, obj.config)
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    limit = 1 if once else cycles
+    done = 0
+    with Runtime(settings) as rt:
+        while not stop.requested:
+            with RichProgress(console) as bars:
+                rt.pruner.progress = bars
+                report = rt.pruner.run_cycle()
+            done += 1
+            summary: dict[str, Any] = {
+                "cycle": report.cycle_no,
+                "snapshot": report.snapshot_id,
+                "latest_order": report.latest_order,
+                "reach": report.reach_count,
+                "deleted": {p: s.deleted for p, s in report.phases.items()},
+                "seconds": {p: round(s.seconds, 3) for p, s in report.phases.items()},
+            }
+            console.print_json(json.dumps(summary))
+            if limit and done >= limit:
+                break
+            deadline = time.monotonic() + settings.prune.interval_s
+            while not stop.requested and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+
+@cli.command()
+@click.option("--start", default=1, show_default=True, help="First log position.")
+@click.option("--limit", default=0, help="At most this many events (0 = all).")
+@click.pass_obj
+def events(obj: Context, start: int, limit: int) -> None:
+    """Print the event log, one line per event."""
+    with EventsourcingLog.open_sqlite(obj.data_dir) as log:
+        for i, n in enumerate(notifications(log, start), start=1):
+            click.echo(describe(log, n))
+            if limit and i >= limit:
+                break
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except (ConfigError, UnknownPhaseError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    except (PrunelogError, DataDirError) as exc:
+        err.print(f"[red]error:[/] {type(exc).__name__}: {exc}")
+        sys.exit(1)

@@ -1,0 +1,83 @@
+"""Shared fixtures. Contract tests take `log`, which runs them once per event-log backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from domain.config import SnapshotManagerConfig
+from domain.manager import AtomicSnapshotManager
+from infrastructure.clock import ManualClock
+from infrastructure.eventlog import EventsourcingLog, PrunelogApplication
+from infrastructure.hashing import integrity_hash
+from tests.fakes import FakeChain
+
+BACKENDS = ("sqlite", "memory")
+
+MakeManager = Callable[..., AtomicSnapshotManager]
+
+
+def open_log(backend: str, data_dir: Path) -> EventsourcingLog:
+    if backend == "sqlite":
+        return EventsourcingLog.open_sqlite(data_dir)
+    if backend == "memory":
+        return EventsourcingLog(
+            PrunelogApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+        )
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def log(backend: str, tmp_path: Path) -> Iterator[EventsourcingLog]:
+    opened = open_log(backend, tmp_path / "data")
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def chain() -> FakeChain:
+    return FakeChain()
+
+
+@pytest.fixture
+def make_manager(log: EventsourcingLog, chain: FakeChain, clock: ManualClock) -> MakeManager:
+    """Managers that share one log, chain and clock: one per pruner node (`owner`)."""
+
+    def make(
+        owner: str = "node-a",
+        config: SnapshotManagerConfig | None = None,
+        group: str = "default",
+    ) -> AtomicSnapshotManager:
+        manager = AtomicSnapshotManager(
+            log,
+            chain,
+            clock,
+            integrity_hash,
+            config or SnapshotManagerConfig(),
+            group=group,
+            owner=owner,
+            protection_orders=100,
+        )
+        manager.initialize()
+        return manager
+
+    return make
+
+
+@pytest.fixture
+def manager(make_manager: MakeManager) -> AtomicSnapshotManager:
+    return make_manager()
