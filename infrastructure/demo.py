@@ -134,5 +134,5 @@ def _print_events(rt: Runtime, console: Console) -> None:
     console.print(f"\n[bold]event log[/]: {len(lines)} events — the last cycle, one per line:")
     last_created = max(i for i, line in enumerate(lines) if "Snapshot.Created" in line)
     for line in lines[last_created - 1 :]:
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print("events by type: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -75,6 +76,9 @@ def sqlite_env(db_path: Path) -> dict[str, str]:
     return {
         "PERSISTENCE_MODULE": "infrastructure.sqlite_factory:PrunelogSQLiteFactory",
         "AGGREGATE_CACHE_MAXSIZE": "1000",
+        # The cache hands out its own objects (a deepcopy cost 0.3 ms a get); `get` evicts
+        # any that a failed command left with unsaved events.
+        "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
         "SQLITE_DBNAME": str(db_path),
         "SQLITE_LOCK_TIMEOUT": "30",
     }
@@ -99,6 +103,9 @@ class EventsourcingLog:
     def get(self, aggregate_id: UUID, cls: type[A]) -> A:
         try:
             agg: Aggregate = self.app.repository.get(aggregate_id)
+            if agg.pending_events:
+                self._evict(aggregate_id)
+                agg = self.app.repository.get(aggregate_id)
         except LibNotFound:
             raise AggregateNotFoundError(f"no aggregate {aggregate_id} in the log") from None
         except MapperDeserialisationError as exc:
@@ -113,11 +120,21 @@ class EventsourcingLog:
         try:
             self.app.save(*aggregates)
         except IntegrityError:
+            for agg in aggregates:
+                self._evict(agg.id)
             raise ConcurrencyConflictError(
                 "another writer appended to the same aggregate version first"
             ) from None
         except PersistenceError as exc:
+            for agg in aggregates:
+                self._evict(agg.id)
             raise EventLogError(f"cannot append to the event log: {exc}") from None
+
+    def _evict(self, aggregate_id: UUID) -> None:
+        cache = self.app.repository.cache
+        if cache is not None:
+            with suppress(KeyError):
+                cache.get(aggregate_id, evict=True)
 
     def head(self) -> int:
         return int(self.app.recorder.max_notification_id() or 0)
