@@ -89,3 +89,12 @@ class ReachSetCorruptError(SnapshotError):
 
 class MissingNodeError(PrunelogError):
     """A node that a retained root reaches is not in the store: the invariant is broken."""
+
+
+class RecoveryExhaustedError(PrunelogError):
+    """Retries, snapshot recovery and rollback could not finish the cycle; it stopped in
+    Failed and nothing more was deleted. The next cycle starts clean."""
+
+
+class TransientError(PrunelogError):
+    """An error worth retrying with backoff (raise it, or any non-prunelog exception)."""

@@ -126,6 +126,12 @@ class AtomicSnapshotManager:
         lock.release(phase, self.owner, self.clock.now())
         self._save_lock_change(lock)
 
+    def invalidate(self, snapshot_id: int, reason: str) -> None:
+        """Marks a snapshot unusable (recovery found it tampered, expired or off-chain)."""
+        snapshot = self._snapshot(snapshot_id)
+        snapshot.invalidate(reason, self.clock.now())
+        self.log.save(snapshot)
+
     def expire_stale_lock(self) -> bool:
         """Frees a lock whose holder is past its timeout. True if it did."""
         lock = self._lock()

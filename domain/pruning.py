@@ -8,11 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, NoReturn
 
 from domain.config import PruneConfig
 from domain.cycle import PruneCycle, cycle_uuid
-from domain.errors import LockNotHeldError, MissingNodeError, SnapshotMismatchError
+from domain.errors import (
+    IllegalPhaseOrderError,
+    LockError,
+    LockNotHeldError,
+    MissingNodeError,
+    ReachSetCorruptError,
+    RecoveryExhaustedError,
+    SnapshotError,
+    SnapshotMismatchError,
+)
 from domain.manager import AtomicSnapshotManager
 from domain.phases import PrunePhase
 from domain.ports import (
@@ -23,6 +33,7 @@ from domain.ports import (
     ReachSet,
     ReachStorePort,
 )
+from domain.recovery import ErrorRecoveryManager
 from domain.snapshot import AtomicSnapshot, Snapshot, snapshot_uuid
 
 FETCH_BATCH = 512
@@ -64,6 +75,7 @@ class Pruner:
         reach_store: ReachStorePort,
         config: PruneConfig | None = None,
         progress: Progress | None = None,
+        recovery: ErrorRecoveryManager | None = None,
     ) -> None:
         self.manager = manager
         self.log: EventLog = manager.log
@@ -71,57 +83,106 @@ class Pruner:
         self.reach_store = reach_store
         self.config = config or PruneConfig()
         self.progress = progress or (lambda phase, done, total: None)
+        self.recovery = recovery or ErrorRecoveryManager(manager, sleep=lambda s: None)
+        self._reach: ReachSet | None = None
 
     # --- one whole cycle -----------------------------------------------------------------
 
     def run_cycle(self) -> CycleReport:
+        """One cycle on one snapshot. Transient failures are retried inside a phase; a snapshot
+        problem (tampered, expired, off-chain, reach set corrupt) or a sweep that keeps failing
+        rolls the cycle back to BuildReach on a fresh snapshot; when that is not allowed or
+        keeps failing, the cycle stops in Failed and RecoveryExhaustedError is raised."""
         self.reconcile_journal()
-        snap = self.manager.create_snapshot(PrunePhase.BUILD_REACH)
-        now = self.manager.clock.now()
-        cycle = PruneCycle(self.manager.group, snap.cycle_no, snap.snapshot_id, now)
+        snap = self.recovery.create_snapshot_with_recovery()
+        cycle = PruneCycle(self.manager.group, snap.cycle_no, snap.snapshot_id, self._now())
         self.log.save(cycle)
-        report = CycleReport(snap.cycle_no, snap.snapshot_id, snap.latest_order)
-
-        reach = self._phase(cycle, snap, PrunePhase.BUILD_REACH, report, self._build_reach)
-        self.manager.lock_snapshot(PrunePhase.SWEEP_EXPIRED)
-        self._phase(cycle, snap, PrunePhase.SWEEP_EXPIRED, report, self._sweep_expired, reach)
-        last = PrunePhase.SWEEP_EXPIRED
-        if self.config.enable_incremental_sweep:
-            self.manager.lock_snapshot(PrunePhase.INCREMENTAL_SWEEP)
-            self._phase(
-                cycle, snap, PrunePhase.INCREMENTAL_SWEEP, report, self._incremental_sweep, reach
-            )
-            last = PrunePhase.INCREMENTAL_SWEEP
+        rcfg = self.recovery.config
+        rollbacks = 0
+        started = self._now()
+        while True:
+            report = CycleReport(snap.cycle_no, snap.snapshot_id, snap.latest_order)
+            try:
+                last = self._run_phases(snap, report)
+                break
+            except (MissingNodeError, LockError, IllegalPhaseOrderError) as exc:
+                self._give_up(snap, exc)
+            except SnapshotError as exc:
+                allowed = rcfg.enable_snapshot_recovery and rollbacks < rcfg.max_phase_retries
+                if not allowed or self._recovery_timed_out(started):
+                    self._give_up(snap, exc)
+                snap = self.recovery.roll_back(snap, self._state(snap), exc)
+                rollbacks += 1
+            except Exception as exc:
+                in_sweep = self._state(snap) != PrunePhase.BUILD_REACH.value
+                allowed = rcfg.enable_phase_rollback and in_sweep
+                if not allowed or rollbacks >= rcfg.max_phase_retries:
+                    self._give_up(snap, exc)
+                snap = self.recovery.roll_back(snap, self._state(snap), exc)
+                rollbacks += 1
         cycle = self._cycle(snap)
-        cycle.complete(self.manager.clock.now())
+        cycle.complete(self._now())
         self.log.save(cycle)
         self.manager.release_snapshot(last)
+        self.recovery.succeeded(snap.cycle_no)
         return report
+
+    def _run_phases(self, snap: AtomicSnapshot, report: CycleReport) -> PrunePhase:
+        self._reach = None
+        self._phase(snap, PrunePhase.BUILD_REACH, report, self._build_reach)
+        phases = [PrunePhase.SWEEP_EXPIRED]
+        if self.config.enable_incremental_sweep:
+            phases.append(PrunePhase.INCREMENTAL_SWEEP)
+        for phase in phases:
+            self.manager.lock_snapshot(phase)  # validates integrity, age and chain state
+            body = self._sweep_expired if phase is PrunePhase.SWEEP_EXPIRED else None
+            self._phase(snap, phase, report, body or self._incremental_sweep)
+        return phases[-1]
+
+    def _state(self, snap: AtomicSnapshot) -> str:
+        return self._cycle(snap).state
+
+    def _recovery_timed_out(self, started: datetime) -> bool:
+        limit = self.recovery.config.snapshot_recovery_timeout_secs
+        return (self._now() - started).total_seconds() > limit
+
+    def _give_up(self, snap: AtomicSnapshot, exc: BaseException) -> NoReturn:
+        self.recovery.give_up(snap, self._state(snap), exc)
+        lock = self.manager.lock_info()
+        if lock.owner == self.manager.owner and lock.phase is not None:
+            self.manager.release_snapshot(PrunePhase(lock.phase))
+        raise RecoveryExhaustedError(
+            f"cycle {snap.cycle_no} stopped in Failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+    def _now(self) -> datetime:
+        return self.manager.clock.now()
 
     def _cycle(self, snap: AtomicSnapshot) -> PruneCycle:
         return self.log.get(cycle_uuid(snap.group, snap.cycle_no), PruneCycle)
 
     def _phase(
         self,
-        cycle: PruneCycle,
         snap: AtomicSnapshot,
         phase: PrunePhase,
         report: CycleReport,
-        body: Callable[..., Any],
-        *args: Any,
-    ) -> Any:
+        body: Callable[[AtomicSnapshot, PhaseStats, CycleReport], None],
+    ) -> None:
         cycle = self._cycle(snap)
-        cycle.start_phase(phase, snap.snapshot_id, self.manager.clock.now())
+        cycle.start_phase(phase, snap.snapshot_id, self._now())
         self.log.save(cycle)
         stats = PhaseStats()
-        started = self.manager.clock.now()
-        result = body(snap, stats, report, *args)
-        stats.seconds = (self.manager.clock.now() - started).total_seconds()
+        started = self._now()
+
+        def attempt() -> None:
+            body(snap, stats, report)
+
+        self.recovery.run_phase_with_recovery(phase, attempt)
+        stats.seconds = (self._now() - started).total_seconds()
         report.phases[phase.value] = stats
         cycle = self._cycle(snap)
-        cycle.complete_phase(phase, stats.as_dict(), self.manager.clock.now())
+        cycle.complete_phase(phase, stats.as_dict(), self._now())
         self.log.save(cycle)
-        return result
 
     def _ensure_holding(self, phase: PrunePhase, snap: AtomicSnapshot) -> None:
         """Checked before every delete batch: a pruner whose lock was taken over stops."""
@@ -138,9 +199,7 @@ class Pruner:
 
     # --- BuildReach ----------------------------------------------------------------------
 
-    def _build_reach(
-        self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport
-    ) -> ReachSet:
+    def _build_reach(self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport) -> None:
         roots = self.nodes.retained_roots(snap.retained_from_order, snap.latest_order)
         stats.roots = len(roots)
         reach = self.reach_store.new()
@@ -150,7 +209,17 @@ class Pruner:
         snapshot.record_reach(len(reach), digest, self.manager.clock.now())
         self.log.save(snapshot)
         report.reach_count, report.reach_digest = len(reach), digest
-        return reach
+        self._reach = reach
+
+    def _reach_set(self, snap: AtomicSnapshot) -> ReachSet:
+        """The sweep's mark set: loaded from disk and digest-checked, so a sweep never trusts a
+        truncated or altered file (and a resumed sweep can trust an intact one)."""
+        if not self.manager.config.enable_persistence and self._reach is not None:
+            return self._reach
+        snapshot = self.log.get(snapshot_uuid(snap.group, snap.snapshot_id), Snapshot)
+        if snapshot.reach_digest is None:
+            raise ReachSetCorruptError(f"snapshot {snap.snapshot_id} has no reach set recorded")
+        return self.reach_store.load(snap.snapshot_id, snapshot.reach_digest)
 
     def _mark(self, roots: list[bytes], reach: ReachSet, stats: PhaseStats) -> None:
         frontier = list(dict.fromkeys(r for r in roots if any(r)))
@@ -175,9 +244,8 @@ class Pruner:
 
     # --- SweepExpired --------------------------------------------------------------------
 
-    def _sweep_expired(
-        self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport, reach: ReachSet
-    ) -> None:
+    def _sweep_expired(self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport) -> None:
+        reach = self._reach_set(snap)
         expired = self.nodes.expired_roots(snap.retained_from_order)
         seen: set[int] = set()
         pending: list[int] = []  # garbage of whole roots, in discovery order
@@ -225,8 +293,9 @@ class Pruner:
     # --- IncrementalSweep ----------------------------------------------------------------
 
     def _incremental_sweep(
-        self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport, reach: ReachSet
+        self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport
     ) -> None:
+        reach = self._reach_set(snap)
         limit = self.config.delete_batch_size
         while entries := self.nodes.stale_entries(snap.retained_from_order, limit):
             hashes = list(dict.fromkeys(h for _, h in entries))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from domain.config import PruneConfig, RecoveryConfig, SnapshotManagerConfig
 from domain.manager import AtomicSnapshotManager
 from domain.ports import Clock, Progress
 from domain.pruning import Pruner
+from domain.recovery import ErrorRecoveryManager
 from infrastructure.chain import SqliteChainState
 from infrastructure.clock import SystemClock
 from infrastructure.eventlog import STATE_FILE, EventsourcingLog, ensure_data_dir
@@ -62,8 +64,14 @@ class Runtime:
             protection_orders=settings.prune.protection_orders,
         )
         self.manager.initialize()
+        self.recovery = ErrorRecoveryManager(self.manager, settings.recovery, sleep=time.sleep)
         self.pruner = Pruner(
-            self.manager, self.nodes, self.reach_store, settings.prune, progress=progress
+            self.manager,
+            self.nodes,
+            self.reach_store,
+            settings.prune,
+            progress=progress,
+            recovery=self.recovery,
         )
 
     def close(self) -> None:

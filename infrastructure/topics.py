@@ -13,9 +13,10 @@ from eventsourcing.utils import get_topic
 from domain.cycle import PruneCycle
 from domain.errors import CorruptEventError, UnknownTopicError
 from domain.lock import PhaseLock
+from domain.recovery import Recovery
 from domain.snapshot import Snapshot
 
-AGGREGATES: tuple[type[Aggregate], ...] = (Snapshot, PhaseLock, PruneCycle)
+AGGREGATES: tuple[type[Aggregate], ...] = (Snapshot, PhaseLock, PruneCycle, Recovery)
 
 
 def _event_classes() -> dict[str, type[Any]]:
