@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -156,3 +156,9 @@ class ReachStorePort(Protocol):
 
 class Progress(Protocol):
     def __call__(self, phase: str, done: int, total: int | None) -> None: ...
+
+
+class EventHistory(Protocol):
+    """The whole log in order, as domain events (for folds: health, validation, audit)."""
+
+    def events(self, start: int = 1) -> Iterator[Any]: ...

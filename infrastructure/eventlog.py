@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -135,6 +136,24 @@ class EventsourcingLog:
         if cache is not None:
             with suppress(KeyError):
                 cache.get(aggregate_id, evict=True)
+
+    def events(self, start: int = 1) -> Iterator[Any]:
+        """Every event from log position `start`, decoded, in order (EventHistory port)."""
+        while True:
+            try:
+                page = self.app.recorder.select_notifications(start=start, limit=1000)
+            except PersistenceError as exc:
+                raise EventLogError(f"cannot read the event log: {exc}") from None
+            if not page:
+                return
+            for n in page:
+                try:
+                    yield self.app.mapper.to_domain_event(n)
+                except MapperDeserialisationError as exc:
+                    raise CorruptEventError(
+                        f"corrupt event at log position {n.id}: {exc}"
+                    ) from None
+            start = page[-1].id + 1
 
     def head(self) -> int:
         return int(self.app.recorder.max_notification_id() or 0)
