@@ -144,6 +144,34 @@ class HealthMonitor:
         self.lock_expiries.append(e.at)
         self._trouble(HealthStatus.DEGRADED)
 
+    # --- persistence of the fold (for the health projection) ---------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "phases": {k: asdict(v) for k, v in self.phases.items()},
+            "severity": self.severity.value,
+            "successes": self.successes,
+            "snapshot_failures": self.snapshot_failures,
+            "lock_expiries": list(self.lock_expiries),
+            "validation_failure": self.validation_failure,
+            "exhausted": self.exhausted,
+            "last_at": self.last_at,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> HealthMonitor:
+        self.phases = {
+            k: PhaseHealth(**(v | {"status": HealthStatus(v["status"])}))
+            for k, v in state["phases"].items()
+        }
+        self.severity = HealthStatus(state["severity"])
+        self.successes = state["successes"]
+        self.snapshot_failures = state["snapshot_failures"]
+        self.lock_expiries = deque(state["lock_expiries"])
+        self.validation_failure = state["validation_failure"]
+        self.exhausted = state["exhausted"]
+        self.last_at = state["last_at"]
+        return self
+
     # --- the report ------------------------------------------------------------------------
 
     def report(self) -> HealthReport:

@@ -155,6 +155,21 @@ class EventsourcingLog:
                     ) from None
             start = page[-1].id + 1
 
+    def read(self, start: int, limit: int) -> list[tuple[int, Any]]:
+        """(position, event) pairs from `start` (PositionedLog port, for projections)."""
+        try:
+            page = self.app.recorder.select_notifications(start=start, limit=limit)
+        except PersistenceError as exc:
+            raise EventLogError(f"cannot read the event log: {exc}") from None
+        out = []
+        for n in page:
+            try:
+                out.append((n.id, self.app.mapper.to_domain_event(n)))
+            except MapperDeserialisationError as exc:
+                msg = f"corrupt event at log position {n.id}: {exc}"
+                raise CorruptEventError(msg) from None
+        return out
+
     def head(self) -> int:
         return int(self.app.recorder.max_notification_id() or 0)
 

@@ -81,3 +81,26 @@ def make_manager(log: EventsourcingLog, chain: FakeChain, clock: ManualClock) ->
 @pytest.fixture
 def manager(make_manager: MakeManager) -> AtomicSnapshotManager:
     return make_manager()
+
+
+# --- long runs -------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="also run the long tests marked @pytest.mark.soak (deselected otherwise)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without --soak, soak tests are deselected (not skipped), so a default run reports
+    neither their count as skips nor their time."""
+    if config.getoption("--soak"):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak") is not None]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]
