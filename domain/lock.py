@@ -64,16 +64,19 @@ class PhaseLock(Aggregate):
         snapshot_id: int,
         now: datetime,
         timeout_ms: int,
+        holder_gone: bool = False,
     ) -> None:
         """Takes the lock for `phase`. The holder may hand over to its own next phase; an expired
-        holder is taken over, and that takeover is an event of its own."""
+        holder, or one known to have exited (`holder_gone`), is taken over, and that takeover is
+        an event of its own."""
         if self.is_held:
-            if self.is_expired(now):
+            if self.is_expired(now) or (holder_gone and self.owner != owner):
                 self._expired(
                     previous_owner=self.owner,
                     previous_phase=self.phase,
                     taken_over_by=owner,
                     at=now,
+                    reason="timed out" if self.is_expired(now) else "holder process exited",
                 )
             elif self.owner == owner:
                 if self.phase == phase.value and self.snapshot_id == snapshot_id:
@@ -103,7 +106,11 @@ class PhaseLock(Aggregate):
         """Frees a lock whose holder is past its timeout (a recovery step)."""
         if self.is_expired(now):
             self._expired(
-                previous_owner=self.owner, previous_phase=self.phase, taken_over_by=None, at=now
+                previous_owner=self.owner,
+                previous_phase=self.phase,
+                taken_over_by=None,
+                at=now,
+                reason="timed out",
             )
 
     @event("Locked")
@@ -129,6 +136,7 @@ class PhaseLock(Aggregate):
         previous_phase: str | None,
         taken_over_by: str | None,
         at: datetime,
+        reason: str,
     ) -> None:
         self.takeovers += 1 if taken_over_by else 0
         self._clear()

@@ -20,7 +20,7 @@ from domain.errors import (
 )
 from domain.lock import PhaseLock, lock_uuid
 from domain.phases import PrunePhase
-from domain.ports import ChainStatePort, Clock, EventLog, IntegrityHasher
+from domain.ports import ChainStatePort, Clock, EventLog, HolderLiveness, IntegrityHasher
 from domain.snapshot import AtomicSnapshot, Snapshot, snapshot_uuid
 from domain.validation import ValidationResult
 
@@ -39,6 +39,7 @@ class AtomicSnapshotManager:
         group: str = "default",
         owner: str,
         protection_orders: int = 30_000,
+        liveness: HolderLiveness | None = None,
     ) -> None:
         self.log = log
         self.chain = chain
@@ -48,6 +49,7 @@ class AtomicSnapshotManager:
         self.group = group
         self.owner = owner
         self.protection_orders = protection_orders
+        self.liveness = liveness
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -98,7 +100,9 @@ class AtomicSnapshotManager:
             now,
             self.hasher,
         )
-        lock.lock(phase, self.owner, snapshot_id, now, self.config.lock_timeout_ms)
+        lock.lock(
+            phase, self.owner, snapshot_id, now, self.config.lock_timeout_ms, self._gone(lock)
+        )
         if self.config.enable_validation:
             results = self._checks(snapshot)
             if all(r.ok for r in results):
@@ -116,9 +120,22 @@ class AtomicSnapshotManager:
         snapshot.ensure_usable(now, self.config.max_snapshot_age_ms, self.hasher)
         if self.config.enable_validation:
             self._ensure_on_chain(snapshot)
-        lock.lock(phase, self.owner, snapshot.snapshot_id, now, self.config.lock_timeout_ms)
+        lock.lock(
+            phase,
+            self.owner,
+            snapshot.snapshot_id,
+            now,
+            self.config.lock_timeout_ms,
+            self._gone(lock),
+        )
         self._save_lock_change(lock)
         return snapshot.as_value()
+
+    def _gone(self, lock: PhaseLock) -> bool:
+        holder = lock.owner
+        return bool(
+            holder and holder != self.owner and self.liveness and self.liveness.is_gone(holder)
+        )
 
     def release_snapshot(self, phase: PrunePhase | str) -> None:
         phase = PrunePhase.parse(phase)

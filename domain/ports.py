@@ -162,3 +162,10 @@ class EventHistory(Protocol):
     """The whole log in order, as domain events (for folds: health, validation, audit)."""
 
     def events(self, start: int = 1) -> Iterator[Any]: ...
+
+
+class HolderLiveness(Protocol):
+    def is_gone(self, owner: str) -> bool:
+        """True only when the lock holder is certainly not running (e.g. same host, no such
+        process). Unknown means False: then only the timeout frees the lock."""
+        ...

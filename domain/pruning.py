@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from domain.config import PruneConfig
 from domain.cycle import PruneCycle, cycle_uuid
 from domain.errors import (
+    AggregateNotFoundError,
     IllegalPhaseOrderError,
     LockError,
     LockNotHeldError,
@@ -24,7 +25,7 @@ from domain.errors import (
     SnapshotMismatchError,
 )
 from domain.manager import AtomicSnapshotManager
-from domain.phases import PrunePhase
+from domain.phases import FAILED, IDLE, RECOVERING, ROLLED_BACK, PrunePhase
 from domain.ports import (
     EventLog,
     JournalEntry,
@@ -94,16 +95,21 @@ class Pruner:
         rolls the cycle back to BuildReach on a fresh snapshot; when that is not allowed or
         keeps failing, the cycle stops in Failed and RecoveryExhaustedError is raised."""
         self.reconcile_journal()
-        snap = self.recovery.create_snapshot_with_recovery()
-        cycle = PruneCycle(self.manager.group, snap.cycle_no, snap.snapshot_id, self._now())
-        self.log.save(cycle)
+        interrupted = self._interrupted()
+        if interrupted is not None:
+            snap, first, resume = interrupted
+        else:
+            snap = self.recovery.create_snapshot_with_recovery()
+            cycle = PruneCycle(self.manager.group, snap.cycle_no, snap.snapshot_id, self._now())
+            self.log.save(cycle)
+            first, resume = PrunePhase.BUILD_REACH, False
         rcfg = self.recovery.config
         rollbacks = 0
         started = self._now()
         while True:
             report = CycleReport(snap.cycle_no, snap.snapshot_id, snap.latest_order)
             try:
-                last = self._run_phases(snap, report)
+                last = self._run_phases(snap, report, first, resume)
                 break
             except (MissingNodeError, LockError, IllegalPhaseOrderError) as exc:
                 self._give_up(snap, exc)
@@ -113,6 +119,7 @@ class Pruner:
                     self._give_up(snap, exc)
                 snap = self.recovery.roll_back(snap, self._state(snap), exc)
                 rollbacks += 1
+                first, resume = PrunePhase.BUILD_REACH, False
             except Exception as exc:
                 in_sweep = self._state(snap) != PrunePhase.BUILD_REACH.value
                 allowed = rcfg.enable_phase_rollback and in_sweep
@@ -120,6 +127,7 @@ class Pruner:
                     self._give_up(snap, exc)
                 snap = self.recovery.roll_back(snap, self._state(snap), exc)
                 rollbacks += 1
+                first, resume = PrunePhase.BUILD_REACH, False
         cycle = self._cycle(snap)
         cycle.complete(self._now())
         self.log.save(cycle)
@@ -127,17 +135,59 @@ class Pruner:
         self.recovery.succeeded(snap.cycle_no)
         return report
 
-    def _run_phases(self, snap: AtomicSnapshot, report: CycleReport) -> PrunePhase:
-        self._reach = None
-        self._phase(snap, PrunePhase.BUILD_REACH, report, self._build_reach)
-        phases = [PrunePhase.SWEEP_EXPIRED]
+    def _order(self) -> list[PrunePhase]:
+        phases = [PrunePhase.BUILD_REACH, PrunePhase.SWEEP_EXPIRED]
         if self.config.enable_incremental_sweep:
             phases.append(PrunePhase.INCREMENTAL_SWEEP)
-        for phase in phases:
+        return phases
+
+    def _run_phases(
+        self, snap: AtomicSnapshot, report: CycleReport, first: PrunePhase, resume: bool
+    ) -> PrunePhase:
+        self._reach = None
+        phases = self._order()
+        bodies = {
+            PrunePhase.BUILD_REACH: self._build_reach,
+            PrunePhase.SWEEP_EXPIRED: self._sweep_expired,
+            PrunePhase.INCREMENTAL_SWEEP: self._incremental_sweep,
+        }
+        for phase in phases[phases.index(first) :]:
             self.manager.lock_snapshot(phase)  # validates integrity, age and chain state
-            body = self._sweep_expired if phase is PrunePhase.SWEEP_EXPIRED else None
-            self._phase(snap, phase, report, body or self._incremental_sweep)
+            self._phase(snap, phase, report, bodies[phase], resume=resume and phase is first)
         return phases[-1]
+
+    def _interrupted(self) -> tuple[AtomicSnapshot, PrunePhase, bool] | None:
+        """The group's last cycle, if a crash left it unfinished: where to pick it up. A phase
+        cut short is recorded as failed and resumed (every phase is safe to run again); a
+        cycle caught between phases goes on with the next one."""
+        lock = self.manager.lock_info()
+        if lock.current_snapshot_id is None:
+            return None
+        snap = self.manager.get_snapshot(lock.current_snapshot_id)
+        try:
+            cycle = self.log.get(cycle_uuid(snap.group, snap.cycle_no), PruneCycle)
+        except AggregateNotFoundError:
+            cycle = PruneCycle(snap.group, snap.cycle_no, snap.snapshot_id, self._now())
+            self.log.save(cycle)
+            return snap, PrunePhase.BUILD_REACH, False
+        if cycle.finished:
+            return None
+        snap = self.manager.get_snapshot(cycle.snapshot_id)
+        order = self._order()
+        if cycle.state in (IDLE, ROLLED_BACK):
+            return snap, PrunePhase.BUILD_REACH, False
+        if cycle.state in (FAILED, RECOVERING):
+            return snap, PrunePhase(cycle.failed_phase or order[0].value), True
+        phase = PrunePhase(cycle.state)
+        if cycle.phase_completed:
+            if phase is order[-1]:
+                return snap, phase, True  # only the cycle's completion is missing
+            return snap, order[order.index(phase) + 1], False
+        cycle.fail_phase(
+            phase, "Interrupted", "the pruner stopped in the middle of it", self._now()
+        )
+        self.log.save(cycle)
+        return snap, phase, True
 
     def _state(self, snap: AtomicSnapshot) -> str:
         return self._cycle(snap).state
@@ -167,9 +217,18 @@ class Pruner:
         phase: PrunePhase,
         report: CycleReport,
         body: Callable[[AtomicSnapshot, PhaseStats, CycleReport], None],
+        *,
+        resume: bool = False,
     ) -> None:
         cycle = self._cycle(snap)
-        cycle.start_phase(phase, snap.snapshot_id, self._now())
+        if resume and cycle.state == phase.value and cycle.phase_completed:
+            return  # finished before the crash; only its successor was missing
+        if resume:
+            if cycle.state == FAILED:
+                cycle.schedule_retry(cycle.attempts.get(phase.value, 1) + 1, 0, self._now())
+            cycle.resume_phase(phase, snap.snapshot_id, self._now())
+        else:
+            cycle.start_phase(phase, snap.snapshot_id, self._now())
         self.log.save(cycle)
         stats = PhaseStats()
         started = self._now()

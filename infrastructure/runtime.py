@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +16,8 @@ from infrastructure.chain import SqliteChainState
 from infrastructure.clock import SystemClock
 from infrastructure.eventlog import STATE_FILE, EventsourcingLog, ensure_data_dir
 from infrastructure.hashing import integrity_hash
+from infrastructure.liveness import ProcessLiveness, node_id
 from infrastructure.sqlite_nodes import FileReachStore, SqliteNodeStore
-
-
-def node_id() -> str:
-    """Who holds a lock: host and pid, so an operator can find the process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -62,6 +56,7 @@ class Runtime:
             group=settings.group,
             owner=owner or node_id(),
             protection_orders=settings.prune.protection_orders,
+            liveness=ProcessLiveness(),
         )
         self.manager.initialize()
         self.recovery = ErrorRecoveryManager(self.manager, settings.recovery, sleep=time.sleep)
