@@ -18,6 +18,10 @@ from infrastructure.eventlog import STATE_FILE, EventsourcingLog, ensure_data_di
 from infrastructure.hashing import integrity_hash
 from infrastructure.liveness import ProcessLiveness, node_id
 from infrastructure.sqlite_nodes import FileReachStore, SqliteNodeStore
+from projections.models import ALL, HealthProjection
+from projections.runner import ProjectionRunner
+
+PROJECTIONS_FILE = "projections.sqlite"
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Runtime:
         progress: Progress | None = None,
     ) -> None:
         self.settings = settings
+        self._projections: ProjectionRunner | None = None
         data_dir = ensure_data_dir(settings.data_dir)
         self.state_path = data_dir / STATE_FILE
         self.log = EventsourcingLog.open_sqlite(data_dir)
@@ -69,7 +74,20 @@ class Runtime:
             recovery=self.recovery,
         )
 
+    def projections(self) -> ProjectionRunner:
+        """The read models beside the log; opened on demand and caught up by the caller."""
+        if self._projections is None:
+            self._projections = ProjectionRunner(
+                self.settings.data_dir / PROJECTIONS_FILE,
+                self.log,
+                [cls() for cls in ALL if cls is not HealthProjection]
+                + [HealthProjection(self.settings.recovery)],
+            )
+        return self._projections
+
     def close(self) -> None:
+        if self._projections is not None:
+            self._projections.close()
         self.nodes.close()
         self.chain.close()
         self.log.close()
