@@ -31,6 +31,15 @@ class Projection:
         for table in self.tables:
             db.execute(f"DROP TABLE IF EXISTS {table}")
 
+    def begin(self, db: sqlite3.Connection) -> None:
+        """Called inside the batch's transaction, before its events."""
+
+    def flush(self, db: sqlite3.Connection) -> None:
+        """Called inside the batch's transaction, after its events, before the commit."""
+
+    def discard(self) -> None:
+        """The batch's transaction rolled back: forget anything held in memory for it."""
+
     def apply(self, db: sqlite3.Connection, position: int, event: Any) -> None:
         handler = getattr(self, "on_" + type(event).__qualname__.replace(".", "_"), None)
         if handler is not None:
@@ -132,26 +141,37 @@ class SnapshotsProjection(Projection):
 
 
 class AuditProjection(Projection):
+    """node hash -> the batch that deleted it. Hashes are stored once per deletion as 32-byte
+    blobs pointing at their batch (keyed by log position), which keeps rebuilds fast."""
+
     name = "audit"
-    tables = ("audit",)
-    order_by: ClassVar[dict[str, str]] = {"audit": "node_hash, position"}
+    tables = ("audit", "audit_batches")
+    order_by: ClassVar[dict[str, str]] = {
+        "audit": "node_hash, batch_ref",
+        "audit_batches": "batch_ref",
+    }
     ddl = (
-        "CREATE TABLE IF NOT EXISTS audit (node_hash TEXT NOT NULL, grp TEXT, cycle_no INTEGER, "
-        "snapshot_id INTEGER, phase TEXT, batch_no INTEGER, position INTEGER NOT NULL, at TEXT, "
-        "PRIMARY KEY (node_hash, position)) WITHOUT ROWID",
-        "CREATE INDEX IF NOT EXISTS audit_by_cycle ON audit(grp, cycle_no)",
+        "CREATE TABLE IF NOT EXISTS audit_batches (batch_ref INTEGER PRIMARY KEY, grp TEXT, "
+        "cycle_no INTEGER, snapshot_id INTEGER, phase TEXT, batch_no INTEGER, at TEXT)",
+        "CREATE TABLE IF NOT EXISTS audit (node_hash BLOB NOT NULL, batch_ref INTEGER NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS audit_by_hash ON audit(node_hash)",
+        "CREATE INDEX IF NOT EXISTS audit_batches_by_cycle ON audit_batches(grp, cycle_no)",
+        "CREATE VIEW IF NOT EXISTS audit_view AS SELECT lower(hex(a.node_hash)) AS node_hash, "
+        "b.grp, b.cycle_no, b.snapshot_id, b.phase, b.batch_no, b.batch_ref AS position, b.at "
+        "FROM audit a JOIN audit_batches b USING (batch_ref)",
     )
+
+    def drop(self, db: sqlite3.Connection) -> None:
+        db.execute("DROP VIEW IF EXISTS audit_view")
+        super().drop(db)
 
     def on_PruneCycle_NodesSwept(self, db: sqlite3.Connection, pos: int, e: Any) -> None:
         grp, cycle_no = _cycle_of(db, e)
-        at = _ts(e.at)
-        db.executemany(
-            "INSERT OR REPLACE INTO audit VALUES (?,?,?,?,?,?,?,?)",
-            [
-                (h.hex(), grp, cycle_no, e.snapshot_id, e.phase, e.batch_no, pos, at)
-                for h in e.hashes
-            ],
+        db.execute(
+            "INSERT INTO audit_batches VALUES (?,?,?,?,?,?,?)",
+            (pos, grp, cycle_no, e.snapshot_id, e.phase, e.batch_no, _ts(e.at)),
         )
+        db.executemany("INSERT INTO audit VALUES (?, ?)", [(h, pos) for h in e.hashes])
 
 
 class TimelineProjection(Projection):
@@ -220,13 +240,28 @@ class HealthProjection(Projection):
 
     def __init__(self, config: RecoveryConfig | None = None) -> None:
         self.config = config or RecoveryConfig()
+        self.monitor: HealthMonitor | None = None
+
+    def begin(self, db: sqlite3.Connection) -> None:
+        # The fold lives in memory for one batch and is written back in the same transaction.
+        row = db.execute("SELECT state FROM health_state WHERE id = 1").fetchone()
+        self.monitor = HealthMonitor(self.config)
+        if row is not None:
+            self.monitor.load_state(json.loads(row[0], object_hook=_revive))
 
     def apply(self, db: sqlite3.Connection, position: int, event: Any) -> None:
-        row = db.execute("SELECT state FROM health_state WHERE id = 1").fetchone()
-        monitor = HealthMonitor(self.config)
-        if row is not None:
-            monitor.load_state(json.loads(row[0], object_hook=_revive))
-        monitor.apply(event)
+        if self.monitor is None:
+            self.begin(db)
+        assert self.monitor is not None
+        self.monitor.apply(event)
+
+    def discard(self) -> None:
+        self.monitor = None
+
+    def flush(self, db: sqlite3.Connection) -> None:
+        monitor, self.monitor = self.monitor, None
+        if monitor is None:
+            return
         db.execute(
             "INSERT OR REPLACE INTO health_state(id, state) VALUES (1, ?)",
             (json.dumps(monitor.to_state(), default=_iso, sort_keys=True),),

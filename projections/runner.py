@@ -84,32 +84,42 @@ class ProjectionRunner:
         until: int | None = None,
         on_batch: Callable[[str, int, int], None] | None = None,
     ) -> dict[str, int]:
-        """Applies every event after each projection's tracked position. Returns counts."""
+        """Applies every event after each projection's tracked position, reading the log once
+        for all of them. Returns how many events each projection applied."""
         db = db or self.db
-        applied: dict[str, int] = {}
+        chosen = [self._get(n) for n in (names or list(self.projections))]
+        positions = {p.name: self.position(p.name, db) for p in chosen}
+        applied = dict.fromkeys(positions, 0)
         head = self.source.head() if until is None else until
-        for name in names or list(self.projections):
-            p = self._get(name)
-            pos = self.position(name, db)
-            applied[name] = 0
-            while pos < head:
-                page = self.source.read(pos + 1, min(BATCH, head - pos))
-                if not page:
-                    break
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    for position, event in page:
-                        register_ids(db, event)
-                        p.apply(db, position, event)
-                    pos = page[-1][0]
-                    db.execute("INSERT OR REPLACE INTO tracking VALUES (?, ?)", (name, pos))
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                applied[name] += len(page)
-                if on_batch:
-                    on_batch(name, pos, head)
+        pos = min(positions.values(), default=head)
+        while pos < head:
+            page = self.source.read(pos + 1, min(BATCH, head - pos))
+            if not page:
+                break
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for p in chosen:
+                    p.begin(db)
+                for position, event in page:
+                    register_ids(db, event)
+                    for p in chosen:
+                        if position > positions[p.name]:
+                            p.apply(db, position, event)
+                            applied[p.name] += 1
+                pos = page[-1][0]
+                for p in chosen:
+                    p.flush(db)
+                    if pos > positions[p.name]:
+                        positions[p.name] = pos
+                        db.execute("INSERT OR REPLACE INTO tracking VALUES (?, ?)", (p.name, pos))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                for p in chosen:
+                    p.discard()
+                raise
+            if on_batch:
+                on_batch("all", pos, head)
         return applied
 
     def rebuild(self, names: Iterable[str] | None = None) -> dict[str, int]:
