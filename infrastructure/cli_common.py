@@ -1,0 +1,38 @@
+"""What every prunelog command shares: the context object, consoles and output helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from infrastructure.eventlog import resolve_data_dir
+
+console = Console()
+err = Console(stderr=True)
+
+
+class Context:
+    def __init__(self, data_dir: str | None, config: str | None) -> None:
+        self.data_dir = resolve_data_dir(data_dir)
+        self.config = Path(config) if config else None
+
+
+def emit(as_json: bool, data: Any, table: Table | None = None) -> None:
+    if as_json or table is None:
+        click.echo(json.dumps(data, default=str, indent=2))
+    else:
+        console.print(table)
+
+
+def table(title: str, rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=title)
+    for column in rows[0] if rows else ["(empty)"]:
+        table.add_column(str(column))
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    return table
