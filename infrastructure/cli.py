@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import sys
 import time
 from types import FrameType
@@ -18,7 +19,7 @@ from domain.errors import (
     RecoveryExhaustedError,
     UnknownPhaseError,
 )
-from infrastructure import cli_views
+from infrastructure import cli_history, cli_views
 from infrastructure.cli_common import Context, console, err
 from infrastructure.config_file import CONFIG_FILE, DEFAULT_TOML, load_settings
 from infrastructure.eventlog import ensure_data_dir
@@ -131,6 +132,10 @@ for _command in (
     cli_views.locks,
     cli_views.snapshots,
     cli_views.events,
+    cli_history.replay,
+    cli_history.export,
+    cli_history.status,
+    cli_history.audit,
 ):
     cli.add_command(_command)
 
@@ -149,4 +154,7 @@ def main() -> None:
         sys.exit(2)
     except (PrunelogError, DataDirError) as exc:
         err.print(f"[red]error:[/] {type(exc).__name__}: {exc}")
+        sys.exit(1)
+    except sqlite3.DatabaseError as exc:
+        err.print(f"[red]error:[/] database: {exc}")
         sys.exit(1)

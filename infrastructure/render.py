@@ -42,3 +42,37 @@ def notifications(log: EventsourcingLog, start: int = 1) -> Iterator[Notificatio
             return
         yield from page
         start = page[-1].id + 1
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready copy: bytes as hex, datetimes as ISO 8601, UUIDs and enums as strings."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    return str(value)
+
+
+def event_record(position: int, event: Any) -> dict[str, Any]:
+    """One event as the export and --json views show it."""
+    fields = {k: plain(v) for k, v in vars(event).items() if k not in _HIDDEN}
+    return {
+        "position": position,
+        "aggregate_id": str(event.originator_id),
+        "aggregate": type(event).__qualname__.split(".")[0],
+        "type": type(event).__qualname__,
+        "version": event.originator_version,
+        "time": plain(event.timestamp),
+        "fields": fields,
+    }
+
+
+def line(record: dict[str, Any]) -> str:
+    body = " ".join(f"{k}={_short(v)}" for k, v in record["fields"].items())
+    return f"#{record['position']:<6} {record['type']:<28} v{record['version']:<4} {body}"

@@ -18,6 +18,8 @@ def _ts(value: Any) -> str | None:
 
 class Projection:
     name: ClassVar[str]
+    # Bump when the tables change shape: the runner then drops and rebuilds the projection.
+    version: ClassVar[int] = 1
     ddl: ClassVar[tuple[str, ...]]
     tables: ClassVar[tuple[str, ...]]
     # columns that order rows for comparisons (every table has a total order)
@@ -145,6 +147,7 @@ class AuditProjection(Projection):
     blobs pointing at their batch (keyed by log position), which keeps rebuilds fast."""
 
     name = "audit"
+    version = 2
     tables = ("audit", "audit_batches")
     order_by: ClassVar[dict[str, str]] = {
         "audit": "node_hash, batch_ref",

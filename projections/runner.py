@@ -56,10 +56,21 @@ class ProjectionRunner:
     def _setup(self, db: sqlite3.Connection) -> None:
         sdb = sqlite_utils.Database(db)
         sdb.table("tracking").create({"name": str, "position": int}, pk="name", if_not_exists=True)
+        sdb.table("schema").create({"name": str, "version": int}, pk="name", if_not_exists=True)
         for statement in CYCLE_IDS_DDL:
             db.execute(statement)
         for p in self.projections.values():
+            row = db.execute("SELECT version FROM schema WHERE name=?", (p.name,)).fetchone()
+            # No schema row but a tracked position: tables from before versions were kept.
+            stored = row[0] if row is not None else (1 if self.position(p.name, db) else p.version)
+            if stored != p.version:
+                # Tables from another version of prunelog: start this projection over.
+                db.execute("BEGIN IMMEDIATE")
+                p.drop(db)
+                db.execute("DELETE FROM tracking WHERE name=?", (p.name,))
+                db.execute("COMMIT")
             p.create(db)
+            db.execute("INSERT OR REPLACE INTO schema VALUES (?, ?)", (p.name, p.version))
 
     def close(self) -> None:
         self.db.close()

@@ -1,0 +1,357 @@
+"""History commands: replay (with filters, time travel and a legality check), audit, export,
+status. They read the log itself; nothing here writes to it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import click
+
+from domain.config import RecoveryConfig
+from domain.cycle import PruneCycle
+from domain.health import HealthMonitor
+from domain.lock import PhaseLock
+from infrastructure.cli_common import Context, console, emit, err, table
+from infrastructure.config_file import load_settings
+from infrastructure.eventlog import EventsourcingLog
+from infrastructure.render import event_record, line, plain
+
+
+def _events(log: EventsourcingLog, until: int | None = None) -> Iterator[tuple[int, Any]]:
+    pos = 0
+    while True:
+        page = log.read(pos + 1, 1000)
+        if not page:
+            return
+        for p, e in page:
+            if until is not None and p > until:
+                return
+            yield p, e
+        pos = page[-1][0]
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time") from None
+    if t.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no timezone (add +00:00 or Z)")
+    return t
+
+
+def _position_at(log: EventsourcingLog, at: str) -> int:
+    """`--at` takes a log position or an ISO time (the last event at or before it)."""
+    if at.isdigit():
+        return int(at)
+    when, last = _parse_time(at), 0
+    for pos, e in _events(log):
+        if e.timestamp > when:
+            break
+        last = pos
+    return last
+
+
+def _matches(
+    e: Any,
+    cycle: int | None,
+    phase: str | None,
+    kind: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    cycle_ids: set[Any],
+) -> bool:
+    name = type(e).__qualname__
+    if kind and kind.lower() not in name.lower():
+        return False
+    if phase and getattr(e, "phase", None) != phase:
+        return False
+    if (since and e.timestamp < since) or (until and e.timestamp > until):
+        return False
+    if cycle is not None:
+        return e.originator_id in cycle_ids or getattr(e, "cycle_no", None) == cycle
+    return True
+
+
+def state_at(log: EventsourcingLog, position: int, config: RecoveryConfig) -> dict[str, Any]:
+    """Locks, health and each group's latest cycle as they were at `position` (time travel)."""
+    aggregates: dict[Any, Any] = {}
+    monitor = HealthMonitor(config)
+    for _pos, e in _events(log, until=position):
+        aggregates[e.originator_id] = e.mutate(aggregates.get(e.originator_id))
+        monitor.apply(e)
+    locks = [a for a in aggregates.values() if isinstance(a, PhaseLock)]
+    cycles: dict[str, PruneCycle] = {}
+    for a in aggregates.values():
+        if isinstance(a, PruneCycle) and (
+            a.group not in cycles or a.cycle_no > cycles[a.group].cycle_no
+        ):
+            cycles[a.group] = a
+    report = monitor.report()
+    return {
+        "position": position,
+        "locks": [
+            {
+                "group": lk.group,
+                "holder": lk.owner,
+                "phase": lk.phase,
+                "snapshot": lk.snapshot_id,
+                "since": plain(lk.locked_at),
+            }
+            for lk in locks
+        ],
+        "cycles": [
+            {
+                "group": g,
+                "cycle": c.cycle_no,
+                "state": c.state,
+                "snapshot": c.snapshot_id,
+                "finished": c.finished,
+            }
+            for g, c in sorted(cycles.items())
+        ],
+        "health": {
+            "overall": report.overall.value,
+            "phases": {k: v.status.value for k, v in report.phases.items()},
+            "alerts": [a.name for a in report.active_alerts],
+        },
+    }
+
+
+@click.command()
+@click.option("--cycle", type=int, help="Only this cycle's events (and its snapshots').")
+@click.option("--phase", help="Only events of this phase (BuildReach, SweepExpired, ...).")
+@click.option("--type", "kind", help="Only event types containing this, e.g. NodesSwept.")
+@click.option("--since", help="ISO time with timezone; events at or after it.")
+@click.option("--until", help="ISO time with timezone; events at or before it.")
+@click.option("--group", default=None, help="Only this pruner group's cycles (with --cycle).")
+@click.option("--at", "at", help="Show locks, health and phase as of this log POSITION or TIME.")
+@click.option("--check", is_flag=True, help="Re-run the phase machine over the whole log.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def replay(
+    obj: Context,
+    cycle: int | None,
+    phase: str | None,
+    kind: str | None,
+    since: str | None,
+    until: str | None,
+    group: str | None,
+    at: str | None,
+    check: bool,
+    as_json: bool,
+) -> None:
+    """The event history as a readable timeline; time travel with --at; --check for legality."""
+    settings = load_settings(obj.data_dir, obj.config)
+    with EventsourcingLog.open_sqlite(obj.data_dir) as log:
+        if check:
+            _check(log, as_json)
+        if at is not None:
+            state = state_at(log, _position_at(log, at), settings.recovery)
+            emit(as_json, state, None) if as_json else _print_state(state)
+            return
+        from domain.cycle import cycle_uuid
+
+        grp = group or settings.group
+        ids = {cycle_uuid(grp, cycle)} if cycle is not None else set()
+        lo = _parse_time(since) if since else None
+        hi = _parse_time(until) if until else None
+        for pos, e in _events(log):
+            if _matches(e, cycle, phase, kind, lo, hi, ids):
+                record = event_record(pos, e)
+                click.echo(json.dumps(record) if as_json else line(record))
+
+
+def _check(log: EventsourcingLog, as_json: bool) -> None:
+    aggregates: dict[Any, Any] = {}
+    count = 0
+    for pos, e in _events(log):
+        count += 1
+        try:
+            aggregates[e.originator_id] = e.mutate(aggregates.get(e.originator_id))
+        except Exception as exc:
+            result = {
+                "legal": False,
+                "position": pos,
+                "event": type(e).__qualname__,
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+            click.echo(
+                json.dumps(result)
+                if as_json
+                else f"ILLEGAL at #{pos} {result['event']}: {result['error']}"
+            )
+            sys.exit(1)
+    result = {"legal": True, "events": count}
+    click.echo(json.dumps(result) if as_json else f"legal: {count:,} events replay cleanly")
+    sys.exit(0)
+
+
+def _print_state(state: dict[str, Any]) -> None:
+    console.print(f"[bold]as of log position {state['position']}[/]")
+    for rows, title in ((state["locks"], "locks"), (state["cycles"], "cycles")):
+        console.print(table(title, rows))
+    h = state["health"]
+    console.print(f"health: {h['overall']} {h['phases']} alerts: {h['alerts'] or 'none'}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def export(obj: Context, as_json: bool) -> None:
+    """The log as JSON Lines: position, aggregate, type, version, time and fields per event."""
+    del as_json  # always JSON Lines; the flag is accepted for symmetry with other commands
+    with EventsourcingLog.open_sqlite(obj.data_dir) as log:
+        for pos, e in _events(log):
+            click.echo(json.dumps(event_record(pos, e)))
+
+
+def main_error(message: str) -> None:
+    err.print(f"[red]error:[/] {message}")
+    sys.exit(2)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(obj: Context, as_json: bool) -> None:
+    """One screen: current cycle and phase, snapshot, lock holder, health, last cycle's stats."""
+    from infrastructure.runtime import Runtime
+
+    with Runtime(load_settings(obj.data_dir, obj.config)) as rt:
+        runner = rt.projections()
+        runner.catch_up()
+        lock = rt.manager.lock_info()
+        snap = rt.manager.current_snapshot
+        cycle = None
+        if snap is not None:
+            from domain.cycle import cycle_uuid
+
+            cycle = rt.log.get(cycle_uuid(snap.group, snap.cycle_no), PruneCycle)
+        health = {r["scope"]: dict(r) for r in runner.rows("SELECT * FROM health")}
+        last = runner.rows(
+            "SELECT cycle_no, phase, outcome, deleted, bytes_freed, started_at, ended_at "
+            "FROM timeline WHERE grp=? AND cycle_no=(SELECT max(cycle_no) FROM timeline "
+            "WHERE grp=? AND outcome != 'running') ORDER BY run",
+            (rt.settings.group, rt.settings.group),
+        )
+        data = {
+            "group": rt.settings.group,
+            "log_head": rt.log.head(),
+            "cycle": None
+            if cycle is None
+            else {
+                "cycle": cycle.cycle_no,
+                "state": cycle.state,
+                "finished": cycle.finished,
+                "snapshot": cycle.snapshot_id,
+            },
+            "snapshot": None
+            if snap is None
+            else {
+                "id": snap.snapshot_id,
+                "latest_order": snap.latest_order,
+                "status": snap.status,
+                "created_at": plain(snap.created_at),
+            },
+            "lock": {
+                "holder": lock.owner,
+                "phase": lock.phase,
+                "since": plain(lock.locked_at),
+                "expires_at": plain(lock.expires_at()),
+            },
+            "health": health.get("overall", {}).get("status", "healthy"),
+            "alerts": health.get("overall", {}).get("detail"),
+            "last_cycle": [dict(r) for r in last],
+        }
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        _print_status(data)
+    sys.exit(0 if data["health"] == "healthy" else 1)
+
+
+def _print_status(d: dict[str, Any]) -> None:
+    c, s, lk = d["cycle"], d["snapshot"], d["lock"]
+    console.print(f"[bold]prunelog[/] group {d['group']} — log head #{d['log_head']}")
+    console.print(
+        "cycle: "
+        + (
+            "none yet"
+            if c is None
+            else f"{c['cycle']} — {c['state']}{' (finished)' if c['finished'] else ''}"
+        )
+    )
+    console.print(
+        "snapshot: "
+        + (
+            "none"
+            if s is None
+            else f"{s['id']} at order {s['latest_order']} ({s['status']}, {s['created_at']})"
+        )
+    )
+    console.print(
+        "lock: "
+        + (f"{lk['holder']} for {lk['phase']} until {lk['expires_at']}" if lk["holder"] else "free")
+    )
+    console.print(f"health: {d['health']}" + (f" — alerts: {d['alerts']}" if d["alerts"] else ""))
+    if d["last_cycle"]:
+        console.print(table("last finished cycle", d["last_cycle"]))
+
+
+@click.command()
+@click.argument("node_hash", required=False)
+@click.option("--cycle", type=int, help="Audit a whole cycle instead of one node.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def audit(obj: Context, node_hash: str | None, cycle: int | None, as_json: bool) -> None:
+    """Which cycle, snapshot, phase and batch deleted NODE_HASH, and when; or that it never was.
+    With --cycle N: that cycle's batches."""
+    from infrastructure.runtime import Runtime
+
+    if (node_hash is None) == (cycle is None):
+        raise click.UsageError("give a NODE_HASH or --cycle N (one of them)")
+    with Runtime(load_settings(obj.data_dir, obj.config)) as rt:
+        runner = rt.projections()
+        runner.catch_up(["audit"])
+        if node_hash is not None:
+            try:
+                raw = bytes.fromhex(node_hash)
+            except ValueError:
+                raise click.BadParameter(f"{node_hash!r} is not a hex node hash") from None
+            rows = [
+                dict(r)
+                for r in runner.rows(
+                    "SELECT b.grp, b.cycle_no, b.snapshot_id, b.phase, b.batch_no, b.batch_ref AS "
+                    "position, b.at FROM audit a JOIN audit_batches b USING (batch_ref) "
+                    "WHERE a.node_hash = ? ORDER BY b.batch_ref",
+                    (raw,),
+                )
+            ]
+            if not rows:
+                msg = f"{node_hash} was never deleted by prunelog"
+                click.echo(
+                    json.dumps({"node_hash": node_hash, "deletions": []}) if as_json else msg
+                )
+                return
+            emit(
+                as_json,
+                {"node_hash": node_hash, "deletions": rows},
+                table(f"deletions of {node_hash[:16]}…", rows),
+            )
+            return
+        rows = [
+            dict(r)
+            for r in runner.rows(
+                "SELECT b.phase, b.batch_no, b.snapshot_id, b.batch_ref AS position, b.at, "
+                "count(a.node_hash) AS nodes FROM audit_batches b LEFT JOIN audit a USING "
+                "(batch_ref) WHERE b.grp = ? AND b.cycle_no = ? GROUP BY b.batch_ref "
+                "ORDER BY b.batch_ref",
+                (rt.settings.group, cycle),
+            )
+        ]
+        emit(as_json, {"cycle": cycle, "batches": rows}, table(f"cycle {cycle} batches", rows))
