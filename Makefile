@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test lint bench soak alerts clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: lint
 
 soak: $(VENV)/.installed-test
 	$(BIN)/python -m pytest --soak -m soak
+
+alerts: $(VENV)/.installed
+	PYTHON=$(BIN)/python .ci/check-prometheus
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_snapshot.py

@@ -23,6 +23,7 @@ from infrastructure import cli_history, cli_views
 from infrastructure.cli_common import Context, console, err
 from infrastructure.config_file import CONFIG_FILE, DEFAULT_TOML, load_settings
 from infrastructure.eventlog import ensure_data_dir
+from infrastructure.metrics import MetricsFeeder, PrunerMetrics
 from infrastructure.progress import RichProgress
 from infrastructure.runtime import Runtime
 
@@ -79,8 +80,9 @@ class _Stop:
 @cli.command()
 @click.option("--once", is_flag=True, help="Run one cycle and exit.")
 @click.option("--cycles", type=int, default=0, help="Stop after this many cycles (0 = forever).")
+@click.option("--metrics-port", type=int, default=None, help="Serve /metrics on 127.0.0.1:PORT.")
 @click.pass_obj
-def run(obj: Context, once: bool, cycles: int) -> None:
+def run(obj: Context, once: bool, cycles: int, metrics_port: int | None) -> None:
     """Run prune cycles every interval_s on <data-dir>/state.sqlite."""
     settings = load_settings(obj.data_dir, obj.config)
     stop = _Stop()
@@ -89,6 +91,14 @@ def run(obj: Context, once: bool, cycles: int) -> None:
     limit = 1 if once else cycles
     done = 0
     with Runtime(settings) as rt:
+        feeder = None
+        if metrics_port is not None:
+            metrics = PrunerMetrics()
+            metrics.instrument(rt.manager)
+            feeder = MetricsFeeder(metrics, settings.recovery)
+            feeder.feed(rt.log.read)
+            metrics.serve(metrics_port)
+            console.print(f"metrics on http://127.0.0.1:{metrics_port}/metrics")
         runner = rt.projections()
         runner.catch_up()  # read models first, so they are current even before a cycle
         while not stop.requested:
@@ -99,11 +109,15 @@ def run(obj: Context, once: bool, cycles: int) -> None:
             except RecoveryExhaustedError as exc:
                 err.print(f"[red]cycle failed:[/] {exc}; the next cycle starts clean")
                 runner.catch_up()
+                if feeder is not None:
+                    feeder.feed(rt.log.read)
                 if limit:
                     sys.exit(1)
                 _pause(stop, settings.prune.interval_s)
                 continue
             runner.catch_up()
+            if feeder is not None:
+                feeder.feed(rt.log.read)
             done += 1
             summary: dict[str, Any] = {
                 "cycle": report.cycle_no,
