@@ -117,15 +117,15 @@ class Pruner:
                 allowed = rcfg.enable_snapshot_recovery and rollbacks < rcfg.max_phase_retries
                 if not allowed or self._recovery_timed_out(started):
                     self._give_up(snap, exc)
-                snap = self.recovery.roll_back(snap, self._state(snap), exc)
+                snap = self._roll_back(snap, exc)
                 rollbacks += 1
                 first, resume = PrunePhase.BUILD_REACH, False
             except Exception as exc:
-                in_sweep = self._state(snap) != PrunePhase.BUILD_REACH.value
+                in_sweep = self.recovery.failing_phase(snap) != PrunePhase.BUILD_REACH.value
                 allowed = rcfg.enable_phase_rollback and in_sweep
                 if not allowed or rollbacks >= rcfg.max_phase_retries:
                     self._give_up(snap, exc)
-                snap = self.recovery.roll_back(snap, self._state(snap), exc)
+                snap = self._roll_back(snap, exc)
                 rollbacks += 1
                 first, resume = PrunePhase.BUILD_REACH, False
         cycle = self._cycle(snap)
@@ -189,15 +189,19 @@ class Pruner:
         self.log.save(cycle)
         return snap, phase, True
 
-    def _state(self, snap: AtomicSnapshot) -> str:
-        return self._cycle(snap).state
+    def _roll_back(self, snap: AtomicSnapshot, exc: BaseException) -> AtomicSnapshot:
+        try:
+            return self.recovery.roll_back(snap, exc)
+        except Exception as again:
+            # Even the fresh snapshot could not be had: stop cleanly and free the lock.
+            self._give_up(snap, again)
 
     def _recovery_timed_out(self, started: datetime) -> bool:
         limit = self.recovery.config.snapshot_recovery_timeout_secs
         return (self._now() - started).total_seconds() > limit
 
     def _give_up(self, snap: AtomicSnapshot, exc: BaseException) -> NoReturn:
-        self.recovery.give_up(snap, self._state(snap), exc)
+        self.recovery.give_up(snap, exc)
         lock = self.manager.lock_info()
         if lock.owner == self.manager.owner and lock.phase is not None:
             self.manager.release_snapshot(PrunePhase(lock.phase))

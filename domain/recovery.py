@@ -211,7 +211,7 @@ class ErrorRecoveryManager:
 
     # --- snapshot recovery, rollback and exhaustion --------------------------------------
 
-    def create_snapshot_with_recovery(self) -> AtomicSnapshot:
+    def create_snapshot_with_recovery(self, cycle_no: int | None = None) -> AtomicSnapshot:
         """create_snapshot(BuildReach), retried with backoff; each failure is an event."""
 
         def record(state: RetryCallState) -> None:
@@ -222,18 +222,29 @@ class ErrorRecoveryManager:
 
         policy = self._policy() | {"retry": retry_if_exception(_creation_retryable)}
         retrying = Retrying(sleep=self.sleep, after=record, **policy)
-        snap: AtomicSnapshot = retrying(self.manager.create_snapshot, PrunePhase.BUILD_REACH)
+        snap: AtomicSnapshot = retrying(
+            self.manager.create_snapshot, PrunePhase.BUILD_REACH, cycle_no=cycle_no
+        )
         return snap
 
-    def roll_back(self, snap: AtomicSnapshot, phase: str, exc: BaseException) -> AtomicSnapshot:
-        """Invalidates `snap`, takes a fresh snapshot for the same cycle and sends the cycle
-        back to BuildReach, all through events and the legal phase path."""
+    def failing_phase(self, snap: AtomicSnapshot) -> str:
+        """The phase that broke: the running one, or the one a Failed cycle failed in."""
+        cycle = self._cycle_of(snap)
+        if cycle.state in {p.value for p in PrunePhase}:
+            return cycle.state
+        return cycle.failed_phase or cycle.state
+
+    def roll_back(self, snap: AtomicSnapshot, exc: BaseException) -> AtomicSnapshot:
+        """Invalidates `snap`, takes a fresh snapshot for the same cycle (retried like any
+        snapshot creation) and sends the cycle back to BuildReach, all through events and the
+        legal phase path."""
         now = self._now()
+        phase = self.failing_phase(snap)
         ledger = self.ledger()
         ledger.start(snap.cycle_no, phase, type(exc).__name__, str(exc)[:2000], now)
         self.log.save(ledger)
         self.manager.invalidate(snap.snapshot_id, f"{type(exc).__name__}: {exc}")
-        fresh = self.manager.create_snapshot(PrunePhase.BUILD_REACH, cycle_no=snap.cycle_no)
+        fresh = self.create_snapshot_with_recovery(cycle_no=snap.cycle_no)
         cycle = self._cycle_of(snap)
         if cycle.state == phase and phase in {p.value for p in PrunePhase}:
             cycle.fail_phase(PrunePhase(phase), type(exc).__name__, str(exc)[:2000], now)
@@ -243,8 +254,9 @@ class ErrorRecoveryManager:
         self.log.save(cycle, ledger)
         return fresh
 
-    def give_up(self, snap: AtomicSnapshot, phase: str, exc: BaseException) -> None:
+    def give_up(self, snap: AtomicSnapshot, exc: BaseException) -> None:
         now = self._now()
+        phase = self.failing_phase(snap)
         cycle = self._cycle_of(snap)
         if cycle.state == phase and phase in {p.value for p in PrunePhase}:
             cycle.fail_phase(PrunePhase(phase), type(exc).__name__, str(exc)[:2000], now)
