@@ -115,6 +115,41 @@ class PruneCycle(Aggregate):
             at=at,
         )
 
+    def accepts_batch(self, phase: PrunePhase, snapshot_id: int) -> bool:
+        return (
+            not self.finished
+            and self.state == phase.value
+            and not self.phase_completed
+            and snapshot_id == self.snapshot_id
+        )
+
+    def record_recovered_batch(
+        self,
+        phase: PrunePhase,
+        snapshot_id: int,
+        batch_no: int,
+        deleted: list[tuple[bytes, int]],
+        at: datetime,
+    ) -> None:
+        """A batch the store deleted whose NodesSwept never made it into the log (a crash or a
+        failed append), found in the journal after the cycle moved on. Legal in any state: it
+        records a past fact and moves no phase."""
+        if snapshot_id not in self.snapshots_used:
+            raise SnapshotMismatchError(
+                f"cycle {self.cycle_no} never used snapshot {snapshot_id}; refusing its batch"
+            )
+        if batch_no in self.batches_logged:
+            return
+        self._batch_recovered(
+            phase=phase.value,
+            snapshot_id=snapshot_id,
+            batch_no=batch_no,
+            count=len(deleted),
+            hashes=[h for h, _ in deleted],
+            bytes_freed=sum(n for _, n in deleted),
+            at=at,
+        )
+
     def fail_phase(self, phase: PrunePhase, error_type: str, message: str, at: datetime) -> None:
         self._in_phase(phase)
         self._check("fail")
@@ -172,6 +207,20 @@ class PruneCycle(Aggregate):
         at: datetime,
     ) -> None:
         self._move("progress")
+        self.deleted[phase] = self.deleted.get(phase, 0) + count
+        self.batches_logged.add(batch_no)
+
+    @event("BatchRecovered")
+    def _batch_recovered(
+        self,
+        phase: str,
+        snapshot_id: int,
+        batch_no: int,
+        count: int,
+        hashes: list[bytes],
+        bytes_freed: int,
+        at: datetime,
+    ) -> None:
         self.deleted[phase] = self.deleted.get(phase, 0) + count
         self.batches_logged.add(batch_no)
 

@@ -240,7 +240,7 @@ class Pruner:
         def attempt() -> None:
             body(snap, stats, report)
 
-        self.recovery.run_phase_with_recovery(phase, attempt)
+        self.recovery.run_phase_with_recovery(phase, attempt, snapshot=snap)
         stats.seconds = (self._now() - started).total_seconds()
         report.phases[phase.value] = stats
         cycle = self._cycle(snap)
@@ -380,6 +380,7 @@ class Pruner:
         swept: list[int] | None = None,
     ) -> None:
         self._ensure_holding(phase, snap)
+        self.reconcile_journal()  # a batch whose event failed must be logged before the next
         cycle = self._cycle(snap)
         batch_no = max(cycle.batches_logged, default=0) + 1
         entry = JournalEntry(
@@ -414,13 +415,12 @@ class Pruner:
         for entry in self.nodes.unlogged_journal():
             cycle = self.log.get(cycle_uuid(self.manager.group, entry.cycle_no), PruneCycle)
             if entry.batch_no not in cycle.batches_logged and entry.deleted:
-                cycle.record_batch(
-                    PrunePhase(entry.phase),
-                    entry.snapshot_id,
-                    entry.batch_no,
-                    entry.deleted,
-                    self.manager.clock.now(),
-                )
+                phase, now = PrunePhase(entry.phase), self._now()
+                args = (phase, entry.snapshot_id, entry.batch_no, entry.deleted, now)
+                if cycle.accepts_batch(phase, entry.snapshot_id):
+                    cycle.record_batch(*args)
+                else:  # the cycle moved on (failed, rolled back, finished): still audited
+                    cycle.record_recovered_batch(*args)
                 self.log.save(cycle)
                 logged += 1
             self.nodes.mark_journal_logged(entry.batch_key)

@@ -149,63 +149,83 @@ class ErrorRecoveryManager:
             "reraise": True,
         }
 
-    def _cycle(self) -> PruneCycle:
-        snap = self.manager.current_snapshot
+    def _cycle(self, snap: AtomicSnapshot | None) -> PruneCycle:
+        """The cycle of `snap` (the phase's own snapshot); else the current snapshot's."""
+        snap = snap or self.manager.current_snapshot
         if snap is None:
             raise IllegalPhaseOrderError("no current snapshot, so no cycle to recover")
         return self.log.get(cycle_uuid(snap.group, snap.cycle_no), PruneCycle)
 
-    def _record_failure(self, phase: PrunePhase, exc: BaseException) -> None:
-        cycle = self._cycle()
+    def _record_failure(
+        self, phase: PrunePhase, exc: BaseException, snap: AtomicSnapshot | None
+    ) -> None:
+        cycle = self._cycle(snap)
         if cycle.state == phase.value:
             cycle.fail_phase(phase, type(exc).__name__, str(exc)[:2000], self._now())
             self.log.save(cycle)
 
-    def _schedule(self, state: RetryCallState) -> None:
-        delay = state.next_action.sleep if state.next_action else 0.0
-        cycle = self._cycle()
-        cycle.schedule_retry(state.attempt_number + 1, round(delay * 1000), self._now())
-        self.log.save(cycle)
+    def _scheduler(self, snap: AtomicSnapshot | None) -> Callable[[RetryCallState], None]:
+        def schedule(state: RetryCallState) -> None:
+            delay = state.next_action.sleep if state.next_action else 0.0
+            cycle = self._cycle(snap)
+            cycle.schedule_retry(state.attempt_number + 1, round(delay * 1000), self._now())
+            self.log.save(cycle)
 
-    def _resume(self, phase: PrunePhase) -> None:
-        cycle = self._cycle()
+        return schedule
+
+    def _resume(self, phase: PrunePhase, snap: AtomicSnapshot | None) -> None:
+        cycle = self._cycle(snap)
         cycle.resume_phase(phase, cycle.snapshot_id, self._now())
         self.log.save(cycle)
 
-    def run_phase_with_recovery(self, phase: PrunePhase | str, operation: Callable[[], T]) -> T:
+    def run_phase_with_recovery(
+        self,
+        phase: PrunePhase | str,
+        operation: Callable[[], T],
+        *,
+        snapshot: AtomicSnapshot | None = None,
+    ) -> T:
         """Runs `operation` inside a started phase; transient failures are retried with
-        backoff, each failure/retry/resume recorded on the cycle. Re-raises the last error."""
+        backoff, each failure/retry/resume recorded on the cycle (of `snapshot`, else of the
+        current snapshot). Re-raises the last error."""
         phase = PrunePhase.parse(phase)
-        retrying = Retrying(sleep=self.sleep, before_sleep=self._schedule, **self._policy())
+        policy = self._policy()
+        retrying = Retrying(sleep=self.sleep, before_sleep=self._scheduler(snapshot), **policy)
         for attempt in retrying:
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
-                    self._resume(phase)
+                    self._resume(phase, snapshot)
                 try:
                     result = operation()
                 except Exception as exc:
-                    self._record_failure(phase, exc)
+                    self._record_failure(phase, exc, snapshot)
                     raise
         return result
 
     async def execute_phase_with_recovery(
-        self, phase: PrunePhase | str, operation: Callable[[], Awaitable[T]]
+        self,
+        phase: PrunePhase | str,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        snapshot: AtomicSnapshot | None = None,
     ) -> T:
         """The spec's async form of run_phase_with_recovery."""
         import asyncio
 
         phase = PrunePhase.parse(phase)
         retrying = AsyncRetrying(
-            sleep=self.async_sleep or asyncio.sleep, before_sleep=self._schedule, **self._policy()
+            sleep=self.async_sleep or asyncio.sleep,
+            before_sleep=self._scheduler(snapshot),
+            **self._policy(),
         )
         async for attempt in retrying:
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
-                    self._resume(phase)
+                    self._resume(phase, snapshot)
                 try:
                     result = await operation()
                 except Exception as exc:
-                    self._record_failure(phase, exc)
+                    self._record_failure(phase, exc, snapshot)
                     raise
         return result
 

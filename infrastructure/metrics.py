@@ -87,7 +87,7 @@ class PrunerMetrics:
         kind = type(event).__qualname__
         if kind == "Snapshot.ReachBuilt":
             self.reachable.set(event.node_count)
-        elif kind == "PruneCycle.NodesSwept":
+        elif kind in ("PruneCycle.NodesSwept", "PruneCycle.BatchRecovered"):
             self.deleted.labels(event.phase).inc(event.count)
             self.reclaimed.inc(event.bytes_freed)
         elif kind in ("PruneCycle.PhaseStarted", "PruneCycle.PhaseResumed"):

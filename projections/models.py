@@ -176,6 +176,8 @@ class AuditProjection(Projection):
         )
         db.executemany("INSERT INTO audit VALUES (?, ?)", [(h, pos) for h in e.hashes])
 
+    on_PruneCycle_BatchRecovered = on_PruneCycle_NodesSwept
+
 
 class TimelineProjection(Projection):
     name = "timeline"

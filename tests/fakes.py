@@ -268,8 +268,10 @@ NODES_SWEPT = "prunelog:PruneCycle.NodesSwept"
 
 
 def swept_events(log: EventsourcingLog) -> list[Any]:
-    """Every PruneCycle.NodesSwept event in the log, in order."""
-    return [e.event for e in logged_events(log) if e.topic == NODES_SWEPT]
+    """Every audited batch in the log, in order: NodesSwept, and BatchRecovered for a batch
+    whose NodesSwept failed and was logged from the journal after its cycle moved on."""
+    topics = (NODES_SWEPT, "prunelog:PruneCycle.BatchRecovered")
+    return [e.event for e in logged_events(log) if e.topic in topics]
 
 
 def swept_hashes(log: EventsourcingLog) -> list[bytes]:
