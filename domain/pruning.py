@@ -16,6 +16,7 @@ from domain.cycle import PruneCycle, cycle_uuid
 from domain.errors import (
     AggregateNotFoundError,
     IllegalPhaseOrderError,
+    LockContendedError,
     LockError,
     LockNotHeldError,
     MissingNodeError,
@@ -163,6 +164,16 @@ class Pruner:
         lock = self.manager.lock_info()
         if lock.current_snapshot_id is None:
             return None
+        if (
+            lock.is_held
+            and lock.owner != self.manager.owner
+            and not lock.is_expired(self._now())
+            and not self.manager._gone(lock)
+        ):
+            # A live holder is running that cycle: touch nothing of it.
+            raise LockContendedError(
+                f"lock of group {self.manager.group!r} is held by {lock.describe_holder()}"
+            )
         snap = self.manager.get_snapshot(lock.current_snapshot_id)
         try:
             cycle = self.log.get(cycle_uuid(snap.group, snap.cycle_no), PruneCycle)
