@@ -14,7 +14,10 @@ def _start_time(pid: int) -> str | None:
     except OSError:
         return None
     # Field 22 (starttime); the command name in field 2 may contain spaces, so split after ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None  # a killed process not yet reaped (zombie) is gone all the same
+    return fields[19]
 
 
 def node_id() -> str:

@@ -12,6 +12,7 @@ from domain.manager import AtomicSnapshotManager
 from domain.ports import Clock, Progress
 from domain.pruning import Pruner
 from domain.recovery import ErrorRecoveryManager
+from infrastructure import faults
 from infrastructure.chain import SqliteChainState
 from infrastructure.clock import SystemClock
 from infrastructure.eventlog import STATE_FILE, EventsourcingLog, ensure_data_dir
@@ -73,6 +74,8 @@ class Runtime:
             progress=progress,
             recovery=self.recovery,
         )
+        # Crash harness only (benchmarks/crash.py): a no-op unless PRUNELOG_FAULT_KILL_AT is set.
+        faults.install_on_pruner(self.pruner)
 
     def projections(self) -> ProjectionRunner:
         """The read models beside the log; opened on demand and caught up by the caller."""
@@ -83,6 +86,8 @@ class Runtime:
                 [cls() for cls in ALL if cls is not HealthProjection]
                 + [HealthProjection(self.settings.recovery)],
             )
+            # Crash harness only: a no-op unless PRUNELOG_FAULT_KILL_AT is set.
+            faults.install_on_projections(self._projections)
         return self._projections
 
     def close(self) -> None:

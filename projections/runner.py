@@ -109,6 +109,8 @@ class ProjectionRunner:
                 break
             db.execute("BEGIN IMMEDIATE")
             try:
+                # Another process may have caught up since we looked: re-read inside the lock.
+                positions = {p.name: self.position(p.name, db) for p in chosen}
                 for p in chosen:
                     p.begin(db)
                 for position, event in page:

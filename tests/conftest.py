@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from domain.config import SnapshotManagerConfig
 from domain.manager import AtomicSnapshotManager
@@ -104,3 +106,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if soak:
         config.hook.pytest_deselected(items=soak)
         items[:] = [item for item in items if item.get_closest_marker("soak") is None]
+
+
+# --- Hypothesis profiles ---------------------------------------------------------------------
+# `ci`, the default: derandomized and without the example database, so every run tries the same
+# examples; sized so that the stateful machine (tests/infrastructure/test_stateful.py) stays
+# within about two minutes on two cores. `HYPOTHESIS_PROFILE=soak`: thousands of random,
+# longer programs (see docs/testing-your-phases.md).
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=25,
+    stateful_step_count=30,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "soak",
+    database=None,
+    deadline=None,
+    max_examples=3_000,
+    stateful_step_count=50,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

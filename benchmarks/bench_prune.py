@@ -1,0 +1,553 @@
+"""Pruning throughput on a store of >= 1M nodes, each number beside a same-run raw-SQLite baseline
+that does the same work with no bookkeeping. Prints ONE JSON object.
+
+1. BuildReach nodes/s, with protection_orders >= latest_order so the retained window covers every
+   root and the reach set is (nearly) the whole store. Baseline: a plain Python BFS from the same
+   roots with the same batched `SELECT hash, id, data FROM nodes WHERE hash IN (...)` lookups
+   (same frontier batch and SQL chunk) and `smt.children`, a Python set of hashes as the visited
+   set, no bitmap, no events. The baseline's row ids must equal our reach set.
+2. Sweep nodes deleted/s:
+   - SweepExpired on a fresh copy with a small protection_orders, so most nodes expire
+     (IncrementalSweep off, so the cycle is BuildReach + SweepExpired);
+   - IncrementalSweep on another fresh copy whose `roots.swept` flags were all set to 1 first:
+     SweepExpired then has no root to walk and every expired node can only be found through the
+     stale index, which is IncrementalSweep's job.
+   Baseline: the very row ids our pruner handed to the store, batch by batch, deleted with plain
+   `DELETE FROM nodes WHERE id IN (...)` (same batches, same SQL chunk), one transaction per
+   batch, on one connection; no guard, no RETURNING, no journal, no stale/swept updates, no
+   events. It runs on its own fresh copy.
+3. Reach-set memory: bytes per node of the roaring bitmap, serialized (as persisted, after
+   run_optimize) and in memory (`sys.getsizeof`, which pyroaring reports as its container bytes),
+   both for the persisted bitmap and for the bitmap as BuildReach grows it (no run containers).
+   tracemalloc is not meaningful: CRoaring allocates with malloc, outside Python's allocator.
+
+Timing: every Runtime gets a Clock backed by time.perf_counter, so PhaseStats.seconds (the
+domain's own phase timer, which spans the whole phase including persisting the reach set and
+appending events) is a perf_counter interval. The delete path of a sweep (Pruner._delete: lock
+check, guarded DELETE ... RETURNING, journal, stale/swept updates, NodesSwept event) is timed
+with perf_counter around each call; the rest of the phase is the walk or the stale-index lookups.
+Baselines are timed with perf_counter. cpu_s columns (time.process_time) show how much of a wall
+time was this process's CPU: the machine is shared.
+
+Every connection, ours and the baselines', uses the same PRAGMAs (sqlite_nodes.PRUNER_PRAGMAS), so
+a ratio measures bookkeeping, not tuning. Deferred WAL checkpoint work left at the end of a sweep
+is timed separately (`final_checkpoint_s`) for ours and for the baseline.
+
+The store is built once (seeded bulk workload, in process, until it holds >= --nodes nodes) and
+cached under --cache-dir keyed by its parameters; every measurement works on a fresh copy.
+
+Usage: python benchmarks/bench_prune.py [--nodes 1000000] [--cache-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pyroaring import BitMap
+
+from domain.config import PruneConfig
+from domain.pruning import FETCH_BATCH
+from infrastructure import smt
+from infrastructure.eventlog import STATE_FILE
+from infrastructure.runtime import Runtime, Settings
+from infrastructure.sqlite_nodes import _CHUNK as SQL_CHUNK
+from infrastructure.sqlite_nodes import PRUNER_PRAGMAS, tune_connection
+from infrastructure.state_store import SqliteStateStore
+from infrastructure.workload import WorkloadWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_CHUNK_TXS = 250  # txs between node counts while building (rounded to whole --batch)
+TARGETS = {
+    "build_reach_nodes_per_s": 100_000,
+    "build_reach_ratio": 0.8,
+    "sweep_deleted_per_s": 70_000,
+    "sweep_ratio": 0.8,
+    "reach_bytes_per_node": 4.0,
+}
+
+
+class PerfClock:
+    """Wall time at start, advanced by time.perf_counter: PhaseStats.seconds are perf intervals."""
+
+    def __init__(self) -> None:
+        self._base = datetime.now(UTC)
+        self._t0 = time.perf_counter()
+
+    def now(self) -> datetime:
+        return self._base + timedelta(seconds=time.perf_counter() - self._t0)
+
+
+def log(message: str) -> None:
+    """Progress on stderr; stdout carries only the JSON."""
+    print(f"[bench_prune {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+def ratio(ours: float, base: float) -> float:
+    return round(ours / base, 3) if base > 0 else 0.0
+
+
+# --- the cached store ------------------------------------------------------------------------
+
+
+def cache_key(args: argparse.Namespace) -> str:
+    return (
+        f"prune-nodes{args.nodes}-seed{args.seed}-keys{args.keys}"
+        f"-ops{args.ops_per_tx}-batch{args.batch}"
+    )
+
+
+def cached_store(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The cached store's state file and its metadata; built (once) if missing."""
+    final = args.cache_dir / cache_key(args)
+    meta_file = final / "meta.json"
+    if meta_file.exists() and (final / STATE_FILE).exists():
+        meta = json.loads(meta_file.read_text())
+        meta["built_now"] = False
+        return final / STATE_FILE, meta
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    building = args.cache_dir / f".building-{cache_key(args)}-{os.getpid()}"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir()
+    path = building / STATE_FILE
+    started = time.perf_counter()
+    with SqliteStateStore.open(path) as store:
+        writer = WorkloadWriter(store, args.seed, keys=args.keys, ops_per_tx=args.ops_per_tx)
+        chunk = max(1, BUILD_CHUNK_TXS // args.batch) * args.batch
+        nodes = 0
+        while nodes < args.nodes:
+            writer.run(chunk, batch=args.batch)
+            nodes = store.node_count()
+        txs = writer.stats.txs
+    with closing(sqlite3.connect(path)) as db:  # no WAL left: a plain copy is consistent
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    meta = {
+        "nodes": nodes,
+        "txs": txs,
+        "seed": args.seed,
+        "keys": args.keys,
+        "ops_per_tx": args.ops_per_tx,
+        "batch": args.batch,
+        "build_s": round(time.perf_counter() - started, 1),
+    }
+    (building / "meta.json").write_text(json.dumps(meta))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(building, final)
+    meta["built_now"] = True
+    return final / STATE_FILE, meta
+
+
+def fresh_copy(src: Path, data_dir: Path, *, all_swept: bool = False) -> Path:
+    """A copy of the cached store in a new data dir, flushed so its writeback does not land in a
+    measurement. `all_swept` marks every root swept (the IncrementalSweep arrangement)."""
+    data_dir.mkdir(parents=True)
+    dst = data_dir / STATE_FILE
+    shutil.copyfile(src, dst)
+    if all_swept:
+        with closing(sqlite3.connect(dst, isolation_level=None)) as db:
+            db.execute("UPDATE roots SET swept = 1")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(dst, "rb+") as f:
+        os.fsync(f.fileno())
+    return dst
+
+
+def store_facts(path: Path) -> dict[str, Any]:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        nodes, max_id = db.execute("SELECT COUNT(*), MAX(id) FROM nodes").fetchone()
+        latest, roots = db.execute("SELECT MAX(tx_order), COUNT(*) FROM roots").fetchone()
+        stale = db.execute("SELECT COUNT(*) FROM stale").fetchone()[0]
+    return {
+        "nodes": nodes,
+        "max_node_id": max_id,
+        "id_density": round(nodes / max_id, 3),
+        "latest_order": latest,
+        "roots": roots,
+        "stale_entries": stale,
+        "file_mb": round(path.stat().st_size / 2**20, 1),
+    }
+
+
+def raw_connection(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    tune_connection(conn)
+    return conn
+
+
+@contextmanager
+def runtime(data_dir: Path, prune: PruneConfig) -> Iterator[Runtime]:
+    rt = Runtime(Settings(data_dir=data_dir, prune=prune), clock=PerfClock(), owner="bench")
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+class Probe:
+    """Counts and times what the pruner asks of its store, without changing it."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rows_fetched = 0
+        self.fetch_calls = 0
+        self.delete_path_s = 0.0  # Pruner._delete: the store's transaction plus the bookkeeping
+        self.store_delete_s = 0.0  # of which: the store's delete transaction
+        self.batches: list[list[int]] = []
+        pruner: Any = rt.pruner
+        nodes: Any = pruner.nodes  # what the pruner calls (a fault wrapper, if one is installed)
+        fetch, guarded, stale, delete = (
+            nodes.fetch,
+            nodes.delete_guarded,
+            nodes.sweep_stale,
+            pruner._delete,
+        )
+
+        def counted_fetch(hashes: list[bytes]) -> Any:
+            self.fetch_calls += 1
+            self.rows_fetched += len(hashes)
+            return fetch(hashes)
+
+        def recorded_guarded(row_ids: list[int], *a: Any) -> Any:
+            self.batches.append(list(row_ids))
+            t = time.perf_counter()
+            try:
+                return guarded(row_ids, *a)
+            finally:
+                self.store_delete_s += time.perf_counter() - t
+
+        def recorded_stale(entries: Any, row_ids: list[int], *a: Any) -> Any:
+            self.batches.append(list(row_ids))
+            t = time.perf_counter()
+            try:
+                return stale(entries, row_ids, *a)
+            finally:
+                self.store_delete_s += time.perf_counter() - t
+
+        def timed_delete(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return delete(*a, **k)
+            finally:
+                self.delete_path_s += time.perf_counter() - t
+
+        nodes.fetch = counted_fetch
+        nodes.delete_guarded = recorded_guarded
+        nodes.sweep_stale = recorded_stale
+        pruner._delete = timed_delete
+
+
+def checkpoint(conn: sqlite3.Connection) -> float:
+    t = time.perf_counter()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return round(time.perf_counter() - t, 3)
+
+
+# --- 1. BuildReach ---------------------------------------------------------------------------
+
+
+def baseline_bfs(path: Path, roots: list[bytes]) -> dict[str, Any]:
+    """Plain BFS: same lookups and chunking as the pruner, a set of hashes as visited."""
+    conn = raw_connection(path)
+    children = smt.children
+    visited: set[bytes] = set()
+    ids: list[int] = []
+    frontier: list[bytes] = []
+    rows = 0
+    t, cpu = time.perf_counter(), time.process_time()
+    for r in roots:
+        if any(r) and r not in visited:
+            visited.add(r)
+            frontier.append(r)
+    while frontier:
+        batch = frontier[-FETCH_BATCH:]
+        del frontier[-FETCH_BATCH:]
+        for i in range(0, len(batch), SQL_CHUNK):
+            chunk = batch[i : i + SQL_CHUNK]
+            sql = f"SELECT hash, id, data FROM nodes WHERE hash IN ({','.join('?' * len(chunk))})"
+            for _h, row_id, data in conn.execute(sql, chunk):
+                rows += 1
+                ids.append(row_id)
+                for child in children(data):
+                    if child not in visited:
+                        visited.add(child)
+                        frontier.append(child)
+    seconds, cpu_s = time.perf_counter() - t, time.process_time() - cpu
+    conn.close()
+    return {
+        "nodes": len(ids),
+        "seconds": round(seconds, 3),
+        "cpu_s": round(cpu_s, 3),
+        "nodes_per_s": rate(len(ids), seconds),
+        "rows_fetched": rows,
+        "visited_set_sizeof_bytes": sys.getsizeof(visited),
+        "_ids": ids,
+    }
+
+
+def bitmap_memory(reach: BitMap, file_bytes: int, max_id: int) -> dict[str, Any]:
+    n = len(reach)
+    grown = BitMap(iter(reach))  # no run containers: the shape the bitmap has while growing
+    stats = grown.get_statistics()
+    return {
+        "reach_nodes": n,
+        "max_row_id": max_id,
+        "row_id_density_in_reach": round(n / max(1, reach.max()), 3) if n else 0.0,
+        "serialized_bytes": file_bytes,
+        "serialized_bytes_per_node": round(file_bytes / n, 3) if n else 0.0,
+        "in_memory_bytes_persisted": sys.getsizeof(reach),
+        "in_memory_bytes_per_node_persisted": round(sys.getsizeof(reach) / n, 3) if n else 0.0,
+        "in_memory_bytes_while_building": sys.getsizeof(grown),
+        "in_memory_bytes_per_node_while_building": round(sys.getsizeof(grown) / n, 3) if n else 0,
+        "containers_while_building": {
+            "array": stats["n_array_containers"],
+            "bitset": stats["n_bitset_containers"],
+            "run": stats["n_run_containers"],
+        },
+        "tracemalloc": "not meaningful: CRoaring allocates with malloc, outside Python's allocator",
+    }
+
+
+def bench_build_reach(src: Path, work: Path, facts: dict[str, Any]) -> dict[str, Any]:
+    data_dir = work / "build_reach"
+    path = fresh_copy(src, data_dir)
+    prune = PruneConfig(protection_orders=facts["latest_order"] + 1, enable_incremental_sweep=False)
+    with runtime(data_dir, prune) as rt:
+        roots = rt.nodes.retained_roots(0, facts["latest_order"])
+        base = baseline_bfs(path, roots)  # first, on the untouched copy
+        probe = Probe(rt)
+        t, cpu = time.perf_counter(), time.process_time()
+        report = rt.pruner.run_cycle()
+        cycle_s, cpu_s = time.perf_counter() - t, time.process_time() - cpu
+        stats = report.phases["BuildReach"]
+        reach = rt.reach_store.load(report.snapshot_id, report.reach_digest)
+        assert isinstance(reach, BitMap)
+        file_bytes = rt.reach_store.path(report.snapshot_id, report.reach_digest).stat().st_size
+    base_ids = base.pop("_ids")
+    same = len(base_ids) == len(reach) and BitMap(base_ids) == reach
+    ours_rate = rate(report.reach_count, stats.seconds)
+    result = {
+        "protection_orders": prune.protection_orders,
+        "retained_roots": stats.roots,
+        "reach_nodes": report.reach_count,
+        "seconds": round(stats.seconds, 3),
+        "run_cycle_s": round(cycle_s, 3),
+        "run_cycle_cpu_s": round(cpu_s, 3),
+        "nodes_per_s": ours_rate,
+        "rows_fetched": probe.rows_fetched,
+        "rows_fetched_per_node": round(probe.rows_fetched / max(1, report.reach_count), 2),
+        "baseline": base,
+        "ratio": ratio(ours_rate, base["nodes_per_s"]),
+        "reach_equals_baseline_ids": same,
+    }
+    result["memory"] = bitmap_memory(reach, file_bytes, facts["max_node_id"])
+    return result
+
+
+# --- 2. sweeps -------------------------------------------------------------------------------
+
+
+def baseline_delete(path: Path, batches: list[list[int]]) -> dict[str, Any]:
+    """The same row ids, batch by batch, with plain DELETEs: one transaction per batch."""
+    conn = raw_connection(path)
+    deleted = 0
+    t, cpu = time.perf_counter(), time.process_time()
+    for ids in batches:
+        conn.execute("BEGIN IMMEDIATE")
+        for i in range(0, len(ids), SQL_CHUNK):
+            chunk = ids[i : i + SQL_CHUNK]
+            cur = conn.execute(
+                f"DELETE FROM nodes WHERE id IN ({','.join('?' * len(chunk))})", chunk
+            )
+            deleted += cur.rowcount
+        conn.execute("COMMIT")
+    seconds, cpu_s = time.perf_counter() - t, time.process_time() - cpu
+    final_ckpt = checkpoint(conn)
+    conn.close()
+    return {
+        "deleted": deleted,
+        "batches": len(batches),
+        "seconds": round(seconds, 3),
+        "cpu_s": round(cpu_s, 3),
+        "deleted_per_s": rate(deleted, seconds),
+        "final_checkpoint_s": final_ckpt,
+    }
+
+
+def bench_sweep(
+    src: Path, work: Path, name: str, prune: PruneConfig, phase: str, *, all_swept: bool
+) -> dict[str, Any]:
+    data_dir = work / name
+    fresh_copy(src, data_dir, all_swept=all_swept)
+    with runtime(data_dir, prune) as rt:
+        probe = Probe(rt)
+        t, cpu = time.perf_counter(), time.process_time()
+        report = rt.pruner.run_cycle()
+        cycle_s, cpu_s = time.perf_counter() - t, time.process_time() - cpu
+        final_ckpt = checkpoint(rt.nodes.conn)
+    stats = report.phases[phase]
+    other = {k: round(v.seconds, 3) for k, v in report.phases.items() if k != phase}
+    base_dir = work / f"{name}_baseline"
+    base = baseline_delete(fresh_copy(src, base_dir), probe.batches)
+    shutil.rmtree(base_dir)
+    ours_rate = rate(stats.deleted, stats.seconds)
+    path_rate = rate(stats.deleted, probe.delete_path_s)
+    return {
+        "protection_orders": prune.protection_orders,
+        "all_roots_marked_swept_first": all_swept,
+        "reach_nodes": report.reach_count,
+        "deleted": stats.deleted,
+        "kept_by_guard": stats.kept_by_guard,
+        "visited": stats.visited,
+        "roots_walked": stats.roots if phase == "SweepExpired" else None,
+        "batches": len(probe.batches),
+        "seconds": round(stats.seconds, 3),
+        "deleted_per_s": ours_rate,
+        "delete_path_s": round(probe.delete_path_s, 3),
+        "delete_path_deleted_per_s": path_rate,
+        "delete_path_store_transaction_s": round(probe.store_delete_s, 3),
+        "delete_path_bookkeeping_s": round(probe.delete_path_s - probe.store_delete_s, 3),
+        "walk_or_lookup_s": round(stats.seconds - probe.delete_path_s, 3),
+        "rows_fetched": probe.rows_fetched,
+        "final_checkpoint_s": final_ckpt,
+        "other_phases_s": other,
+        "run_cycle_s": round(cycle_s, 3),
+        "run_cycle_cpu_s": round(cpu_s, 3),
+        "baseline": base,
+        "ratio": ratio(ours_rate, base["deleted_per_s"]),
+        "ratio_delete_path": ratio(path_rate, base["deleted_per_s"]),
+        "same_count_as_baseline": base["deleted"] == stats.deleted,
+    }
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def verdicts(out: dict[str, Any]) -> dict[str, Any]:
+    br, mem = out["build_reach"], out["build_reach"]["memory"]
+    se, inc = out["sweep_expired"], out["incremental_sweep"]
+
+    def at_least(value: float, target: float) -> dict[str, Any]:
+        return {"value": value, "target": f">= {target}", "met": value >= target}
+
+    return {
+        "build_reach_nodes_per_s": at_least(br["nodes_per_s"], TARGETS["build_reach_nodes_per_s"]),
+        "build_reach_ratio": at_least(br["ratio"], TARGETS["build_reach_ratio"]),
+        "sweep_expired_deleted_per_s": at_least(
+            se["deleted_per_s"], TARGETS["sweep_deleted_per_s"]
+        ),
+        "sweep_expired_ratio": at_least(se["ratio"], TARGETS["sweep_ratio"]),
+        "sweep_expired_ratio_delete_path": at_least(
+            se["ratio_delete_path"], TARGETS["sweep_ratio"]
+        ),
+        "incremental_sweep_deleted_per_s": at_least(
+            inc["deleted_per_s"], TARGETS["sweep_deleted_per_s"]
+        ),
+        "incremental_sweep_ratio": at_least(inc["ratio"], TARGETS["sweep_ratio"]),
+        "incremental_sweep_ratio_delete_path": at_least(
+            inc["ratio_delete_path"], TARGETS["sweep_ratio"]
+        ),
+        "reach_bytes_per_node": {
+            "value": max(
+                mem["serialized_bytes_per_node"],
+                mem["in_memory_bytes_per_node_persisted"],
+                mem["in_memory_bytes_per_node_while_building"],
+            ),
+            "target": f"<= {TARGETS['reach_bytes_per_node']}",
+            "met": max(
+                mem["serialized_bytes_per_node"],
+                mem["in_memory_bytes_per_node_persisted"],
+                mem["in_memory_bytes_per_node_while_building"],
+            )
+            <= TARGETS["reach_bytes_per_node"],
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=1_000_000, help="minimum store size")
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / "bench-data")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keys", type=int, default=20_000)
+    parser.add_argument("--ops-per-tx", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=50, help="txs per commit when building")
+    parser.add_argument(
+        "--sweep-protection",
+        type=int,
+        default=100,
+        help="protection_orders for the sweeps (capped at a tenth of the chain)",
+    )
+    parser.add_argument("--delete-batch", type=int, default=PruneConfig().delete_batch_size)
+    parser.add_argument("--only", choices=["reach", "expired", "incremental"], action="append")
+    args = parser.parse_args(argv)
+    args.cache_dir = args.cache_dir.absolute()
+    started = time.perf_counter()
+    log(f"store of >= {args.nodes:,} nodes in {args.cache_dir} (built once, then reused)")
+    src, meta = cached_store(args)
+    facts = store_facts(src)
+    protection = max(1, min(args.sweep_protection, facts["latest_order"] // 10))
+    only = set(args.only or ["reach", "expired", "incremental"])
+    out: dict[str, Any] = {
+        "benchmark": "prune",
+        "store": {**facts, "cache": str(src.parent), "workload": meta},
+        "settings": {
+            "delete_batch_size": args.delete_batch,
+            "fetch_batch": FETCH_BATCH,
+            "sql_chunk": SQL_CHUNK,
+            "pragmas_ours_and_baselines": list(PRUNER_PRAGMAS),
+            "timing": "PhaseStats.seconds via a perf_counter-backed Clock; delete path and "
+            "baselines with perf_counter",
+        },
+    }
+    # Work copies live beside the cache (same file system, git-ignored), not in a shared /tmp.
+    with tempfile.TemporaryDirectory(prefix=".run-", dir=args.cache_dir) as tmp:
+        work = Path(tmp)
+        if "reach" in only:
+            log("BuildReach and its baseline BFS")
+            out["build_reach"] = bench_build_reach(src, work, facts)
+            shutil.rmtree(work / "build_reach")
+        sweep = PruneConfig(
+            protection_orders=protection,
+            delete_batch_size=args.delete_batch,
+            enable_incremental_sweep=False,
+        )
+        if "expired" in only:
+            log("SweepExpired and its baseline DELETEs")
+            out["sweep_expired"] = bench_sweep(
+                src, work, "sweep_expired", sweep, "SweepExpired", all_swept=False
+            )
+            shutil.rmtree(work / "sweep_expired")
+        if "incremental" in only:
+            log("IncrementalSweep and its baseline DELETEs")
+            incremental = PruneConfig(
+                protection_orders=protection,
+                delete_batch_size=args.delete_batch,
+                enable_incremental_sweep=True,
+            )
+            out["incremental_sweep"] = bench_sweep(
+                src, work, "incremental_sweep", incremental, "IncrementalSweep", all_swept=True
+            )
+    if only == {"reach", "expired", "incremental"}:
+        out["targets"] = verdicts(out)
+    out["total_s_excluding_store_build"] = round(
+        time.perf_counter() - started - (meta["build_s"] if meta["built_now"] else 0), 1
+    )
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
