@@ -95,6 +95,7 @@ class Pruner:
         problem (tampered, expired, off-chain, reach set corrupt) or a sweep that keeps failing
         rolls the cycle back to BuildReach on a fresh snapshot; when that is not allowed or
         keeps failing, the cycle stops in Failed and RecoveryExhaustedError is raised."""
+        self._refuse_if_held()  # before touching the journal: it may be the holder's
         self.reconcile_journal()
         interrupted = self._interrupted()
         if interrupted is not None:
@@ -164,6 +165,12 @@ class Pruner:
         lock = self.manager.lock_info()
         if lock.current_snapshot_id is None:
             return None
+        self._refuse_if_held()
+        snap = self.manager.get_snapshot(lock.current_snapshot_id)
+        return self._pick_up(snap)
+
+    def _refuse_if_held(self) -> None:
+        lock = self.manager.lock_info()
         if (
             lock.is_held
             and lock.owner != self.manager.owner
@@ -174,7 +181,8 @@ class Pruner:
             raise LockContendedError(
                 f"lock of group {self.manager.group!r} is held by {lock.describe_holder()}"
             )
-        snap = self.manager.get_snapshot(lock.current_snapshot_id)
+
+    def _pick_up(self, snap: AtomicSnapshot) -> tuple[AtomicSnapshot, PrunePhase, bool] | None:
         try:
             cycle = self.log.get(cycle_uuid(snap.group, snap.cycle_no), PruneCycle)
         except AggregateNotFoundError:

@@ -179,7 +179,7 @@ SAFETY_ONLY = MachineConfig(
     workload_keys=48,
 )
 LOCKS_ONLY = MachineConfig(faults=False, crashes=False, check_projections=False)
-MAX_EXAMPLES = 100
+MAX_EXAMPLES = 60
 
 
 @dataclass

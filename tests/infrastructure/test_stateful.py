@@ -10,8 +10,9 @@ The profile comes from tests/conftest.py: `ci` by default (derandomized; here al
 shrinking, which costs minutes on SQLite files, so a failure prints the program as found),
 `HYPOTHESIS_PROFILE=soak` for thousands of random, longer, shrunk programs.
 
-The regression tests below are the minimal programs of the bugs the machine found, written out
-step by step with the same machine, so each bug fails on its own, quickly and by name."""
+The tests at the end are counterexamples the machine found, written out step by step with the
+same machine: regressions for the bugs fixed since, and one that fails until its bug is fixed,
+each quickly and by name."""
 
 from __future__ import annotations
 
