@@ -105,15 +105,7 @@ class PruneCycle(Aggregate):
         self._in_phase(phase)
         self._same_snapshot(snapshot_id)
         self._check("progress")
-        self._nodes_swept(
-            phase=phase.value,
-            snapshot_id=snapshot_id,
-            batch_no=batch_no,
-            count=len(deleted),
-            hashes=[h for h, _ in deleted],
-            bytes_freed=sum(n for _, n in deleted),
-            at=at,
-        )
+        self._nodes_swept(**_batch(phase, snapshot_id, batch_no, deleted, at))
 
     def accepts_batch(self, phase: PrunePhase, snapshot_id: int) -> bool:
         return (
@@ -140,15 +132,7 @@ class PruneCycle(Aggregate):
             )
         if batch_no in self.batches_logged:
             return
-        self._batch_recovered(
-            phase=phase.value,
-            snapshot_id=snapshot_id,
-            batch_no=batch_no,
-            count=len(deleted),
-            hashes=[h for h, _ in deleted],
-            bytes_freed=sum(n for _, n in deleted),
-            at=at,
-        )
+        self._batch_recovered(**_batch(phase, snapshot_id, batch_no, deleted, at))
 
     def fail_phase(self, phase: PrunePhase, error_type: str, message: str, at: datetime) -> None:
         self._in_phase(phase)
@@ -268,6 +252,25 @@ class PruneCycle(Aggregate):
         self._move("complete_cycle")
         self.phase = None
         self.finished = True
+
+
+def _batch(
+    phase: PrunePhase,
+    snapshot_id: int,
+    batch_no: int,
+    deleted: list[tuple[bytes, int]],
+    at: datetime,
+) -> dict[str, Any]:
+    """The fields of NodesSwept and BatchRecovered: every deleted hash, for the audit."""
+    return {
+        "phase": phase.value,
+        "snapshot_id": snapshot_id,
+        "batch_no": batch_no,
+        "count": len(deleted),
+        "hashes": [h for h, _ in deleted],
+        "bytes_freed": sum(n for _, n in deleted),
+        "at": at,
+    }
 
 
 def cycle_uuid(group: str, cycle_no: int) -> UUID:
