@@ -25,11 +25,13 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The tests get a throwaway PostgreSQL server (started and stopped by .ci/with-postgres), so
+# the backend contract tests and the multi-node tests run against a real one; never skipped.
 test: lint
-	$(BIN)/python -m pytest
+	PRUNELOG_REQUIRE_POSTGRES=1 .ci/with-postgres $(BIN)/python -m pytest
 
 soak: $(VENV)/.installed-test
-	$(BIN)/python -m pytest --soak -m soak
+	PRUNELOG_REQUIRE_POSTGRES=1 .ci/with-postgres $(BIN)/python -m pytest --soak -m soak
 
 alerts: $(VENV)/.installed
 	PYTHON=$(BIN)/python .ci/check-prometheus

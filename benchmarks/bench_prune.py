@@ -216,10 +216,10 @@ class Probe:
             pruner._delete,
         )
 
-        def counted_fetch(hashes: list[bytes]) -> Any:
+        def counted_fetch(hashes: list[bytes], *a: Any, **k: Any) -> Any:
             self.fetch_calls += 1
             self.rows_fetched += len(hashes)
-            return fetch(hashes)
+            return fetch(hashes, *a, **k)
 
         def recorded_guarded(row_ids: list[int], *a: Any) -> Any:
             self.batches.append(list(row_ids))

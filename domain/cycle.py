@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid5
@@ -100,12 +101,13 @@ class PruneCycle(Aggregate):
         batch_no: int,
         deleted: list[tuple[bytes, int]],
         at: datetime,
+        row_ids: Sequence[int] = (),
     ) -> None:
-        """One guarded-delete batch, with every deleted hash, for the audit."""
+        """One guarded-delete batch, with every deleted hash and row id, for the audit."""
         self._in_phase(phase)
         self._same_snapshot(snapshot_id)
         self._check("progress")
-        self._nodes_swept(**_batch(phase, snapshot_id, batch_no, deleted, at))
+        self._nodes_swept(**_batch(phase, snapshot_id, batch_no, deleted, at, row_ids))
 
     def accepts_batch(self, phase: PrunePhase, snapshot_id: int) -> bool:
         return (
@@ -122,6 +124,7 @@ class PruneCycle(Aggregate):
         batch_no: int,
         deleted: list[tuple[bytes, int]],
         at: datetime,
+        row_ids: Sequence[int] = (),
     ) -> None:
         """A batch the store deleted whose NodesSwept never made it into the log (a crash or a
         failed append), found in the journal after the cycle moved on. Legal in any state: it
@@ -132,7 +135,7 @@ class PruneCycle(Aggregate):
             )
         if batch_no in self.batches_logged:
             return
-        self._batch_recovered(**_batch(phase, snapshot_id, batch_no, deleted, at))
+        self._batch_recovered(**_batch(phase, snapshot_id, batch_no, deleted, at, row_ids))
 
     def fail_phase(self, phase: PrunePhase, error_type: str, message: str, at: datetime) -> None:
         self._in_phase(phase)
@@ -179,7 +182,43 @@ class PruneCycle(Aggregate):
         self._move("progress")
         self.checkpoints[phase] = checkpoint
 
-    @event("NodesSwept")
+    class NodesSwept(Aggregate.Event):
+        """One guarded-delete batch: every deleted hash and row id. Version 2 added row_ids;
+        a version 1 event (logged before) replays with row_ids = []."""
+
+        class_version = 2
+        phase: str
+        snapshot_id: int
+        batch_no: int
+        count: int
+        hashes: list[bytes]
+        bytes_freed: int
+        at: datetime
+        row_ids: list[int]
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["row_ids"] = []
+
+    class BatchRecovered(Aggregate.Event):
+        """A deleted batch logged late from the journal, with the same fields as NodesSwept.
+        Version 2 added row_ids; a version 1 event replays with row_ids = []."""
+
+        class_version = 2
+        phase: str
+        snapshot_id: int
+        batch_no: int
+        count: int
+        hashes: list[bytes]
+        bytes_freed: int
+        at: datetime
+        row_ids: list[int]
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["row_ids"] = []
+
+    @event(NodesSwept)
     def _nodes_swept(
         self,
         phase: str,
@@ -189,12 +228,13 @@ class PruneCycle(Aggregate):
         hashes: list[bytes],
         bytes_freed: int,
         at: datetime,
+        row_ids: list[int],
     ) -> None:
         self._move("progress")
         self.deleted[phase] = self.deleted.get(phase, 0) + count
         self.batches_logged.add(batch_no)
 
-    @event("BatchRecovered")
+    @event(BatchRecovered)
     def _batch_recovered(
         self,
         phase: str,
@@ -204,6 +244,7 @@ class PruneCycle(Aggregate):
         hashes: list[bytes],
         bytes_freed: int,
         at: datetime,
+        row_ids: list[int],
     ) -> None:
         self.deleted[phase] = self.deleted.get(phase, 0) + count
         self.batches_logged.add(batch_no)
@@ -260,8 +301,11 @@ def _batch(
     batch_no: int,
     deleted: list[tuple[bytes, int]],
     at: datetime,
+    row_ids: Sequence[int],
 ) -> dict[str, Any]:
-    """The fields of NodesSwept and BatchRecovered: every deleted hash, for the audit."""
+    """The fields of NodesSwept and BatchRecovered: every deleted hash, for the audit, and the
+    deleted row ids (the reach set's unit, for `audit --verify`; [] when not known, or when
+    they do not pair up with the hashes: a batch must be logged even then)."""
     return {
         "phase": phase.value,
         "snapshot_id": snapshot_id,
@@ -270,6 +314,7 @@ def _batch(
         "hashes": [h for h, _ in deleted],
         "bytes_freed": sum(n for _, n in deleted),
         "at": at,
+        "row_ids": list(row_ids) if len(row_ids) == len(deleted) else [],
     }
 
 

@@ -63,6 +63,10 @@ class EventLogError(PrunelogError):
     """Base class of event-log errors."""
 
 
+class EventLogUnreachableError(EventLogError, ConnectionError):
+    """The event log's server cannot be reached (yet): `run` retries with backoff."""
+
+
 class AggregateNotFoundError(EventLogError, LookupError):
     """No aggregate with that id is in the log."""
 
@@ -98,3 +102,8 @@ class RecoveryExhaustedError(PrunelogError):
 
 class TransientError(PrunelogError):
     """An error worth retrying with backoff (raise it, or any non-prunelog exception)."""
+
+
+class PrunerStoppedError(PrunelogError):
+    """The pruner was asked to stop (SIGINT/SIGTERM) and did, between two batches: the phase
+    is recorded as failed, the lock released, and the next run resumes the cycle."""

@@ -12,7 +12,11 @@ from enum import StrEnum
 from typing import Any
 
 from domain.config import RecoveryConfig
+from domain.errors import PrunerStoppedError
 from domain.phases import PrunePhase
+
+# PhaseFailed.error_type of a phase stopped on request (not a failure of the pruner)
+STOPPED_ON_REQUEST = PrunerStoppedError.__name__
 
 
 class HealthStatus(StrEnum):
@@ -100,6 +104,8 @@ class HealthMonitor:
         ph.consecutive_failures, ph.last_success, ph.status = 0, e.at, HealthStatus.HEALTHY
 
     def _on_PruneCycle_PhaseFailed(self, e: Any) -> None:
+        if e.error_type == STOPPED_ON_REQUEST:
+            return  # an operator's SIGINT/SIGTERM: the phase resumes next run, nothing failed
         ph = self.phases[e.phase]
         ph.consecutive_failures += 1
         ph.last_error = f"{e.error_type}: {e.message}"

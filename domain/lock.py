@@ -102,6 +102,22 @@ class PhaseLock(Aggregate):
             )
         self._released(owner=owner, phase=phase.value, at=now)
 
+    def renew(self, phase: PrunePhase, owner: str, now: datetime) -> None:
+        """Extends a live lock by its timeout from `now`: a phase that runs longer than the
+        timeout keeps its lock while it works. An expired lock cannot be renewed: another node
+        may already be entitled to it."""
+        if not self.holds(owner, phase):
+            raise LockNotHeldError(
+                f"{owner} cannot renew the {phase.value} lock of group {self.group!r}; "
+                f"it is held by {self.describe_holder()}"
+            )
+        if self.is_expired(now):
+            raise LockNotHeldError(
+                f"{owner}'s {phase.value} lock of group {self.group!r} expired at "
+                f"{self.expires_at()}; it can be taken over, not renewed"
+            )
+        self._renewed(owner=owner, phase=phase.value, at=now)
+
     def expire(self, now: datetime) -> None:
         """Frees a lock whose holder is past its timeout (a recovery step)."""
         if self.is_expired(now):
@@ -124,6 +140,10 @@ class PhaseLock(Aggregate):
         self.timeout_ms = timeout_ms
         self.current_snapshot_id = snapshot_id
         self.last_snapshot_id = max(self.last_snapshot_id, snapshot_id)
+
+    @event("Renewed")
+    def _renewed(self, owner: str, phase: str, at: datetime) -> None:
+        self.locked_at = at
 
     @event("Released")
     def _released(self, owner: str, phase: str | None, at: datetime) -> None:

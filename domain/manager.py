@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from domain.config import SnapshotManagerConfig
@@ -16,6 +16,7 @@ from domain.errors import (
     ChainStateMismatchError,
     ConcurrencyConflictError,
     LockContendedError,
+    LockNotHeldError,
     NoSnapshotError,
 )
 from domain.lock import PhaseLock, lock_uuid
@@ -131,6 +132,19 @@ class AtomicSnapshotManager:
         self._save_lock_change(lock)
         return snapshot.as_value()
 
+    def held_by_live_other(self) -> PhaseLock | None:
+        """The lock, when another pruner holds it and is neither past its timeout nor known to
+        have exited: that pruner's cycle is not this one's to touch."""
+        lock = self._lock()
+        if (
+            lock.is_held
+            and lock.owner != self.owner
+            and not lock.is_expired(self.clock.now())
+            and not self._gone(lock)
+        ):
+            return lock
+        return None
+
     def _gone(self, lock: PhaseLock) -> bool:
         holder = lock.owner
         return bool(
@@ -173,6 +187,27 @@ class AtomicSnapshotManager:
 
     def lock_info(self) -> PhaseLock:
         return self._lock()
+
+    def renew_lock(self, phase: PrunePhase | str) -> bool:
+        """Keeps a long phase's lock: renews it (PhaseLock.Renewed) once half its timeout has
+        passed, so a live holder is never taken over. Returns whether it appended. Raises
+        LockNotHeldError if the lock is no longer ours or already expired."""
+        phase = PrunePhase.parse(phase)
+        lock = self._lock()
+        now = self.clock.now()
+        half = timedelta(milliseconds=self.config.lock_timeout_ms / 2)
+        fresh = lock.locked_at is not None and now - lock.locked_at < half
+        if fresh and lock.holds(self.owner, phase):
+            return False
+        lock.renew(phase, self.owner, now)
+        try:
+            self.log.save(lock)
+        except ConcurrencyConflictError:
+            raise LockNotHeldError(
+                f"{self.owner} lost the {phase.value} lock of group {self.group!r} "
+                "while renewing it"
+            ) from None
+        return True
 
     def _snapshot(self, snapshot_id: int) -> Snapshot:
         try:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Container, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -74,8 +74,19 @@ class EventLog(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class NodeRecord:
+class AllRows:
+    """`skip_data` for a lookup that needs row ids only."""
+
+    def __contains__(self, row_id: object) -> bool:
+        return True
+
+
+ALL_ROWS: Final = AllRows()
+
+
+class NodeRecord(NamedTuple):
+    """One stored node. A tuple: a walk makes one per node, and this is its cheapest shape."""
+
     hash: bytes
     row_id: int
     data: bytes
@@ -91,6 +102,24 @@ class JournalEntry:
     phase: str
     batch_no: int
     deleted: list[tuple[bytes, int]]  # (hash, bytes freed)
+    row_ids: list[int] = field(default_factory=list)  # the deleted rows; [] if not recorded
+
+
+class DeletedNodes(list[tuple[bytes, int]]):
+    """What a guarded delete removed: (hash, bytes freed) per node, and `row_ids`, the same
+    nodes' row ids (the unit of the reach set), so the audit can re-check a batch against
+    the reach set it was swept with."""
+
+    def __init__(
+        self, deleted: Iterable[tuple[bytes, int]] = (), row_ids: Iterable[int] = ()
+    ) -> None:
+        super().__init__(deleted)
+        self.row_ids = list(row_ids)
+
+
+def row_ids_of(deleted: list[tuple[bytes, int]]) -> list[int]:
+    """The row ids a store reported for a delete; [] when it returned a plain list."""
+    return deleted.row_ids if isinstance(deleted, DeletedNodes) else []
 
 
 class NodeStorePort(Protocol):
@@ -104,8 +133,12 @@ class NodeStorePort(Protocol):
         """Not-yet-swept, unpinned roots with 0 < order < below_order, ascending."""
         ...
 
-    def fetch(self, hashes: list[bytes]) -> list[NodeRecord]:
-        """The nodes that exist among `hashes` (missing ones are left out)."""
+    def fetch(
+        self, hashes: list[bytes], skip_data: Container[int] = frozenset()
+    ) -> list[NodeRecord]:
+        """The nodes that exist among `hashes` (missing ones are left out). A record whose row
+        id is in `skip_data` comes with empty `data`: the marks of a DAG walk skip reading
+        nodes already visited, with no set of hashes beside the reach set."""
         ...
 
     def children(self, data: bytes) -> list[bytes]: ...
@@ -114,7 +147,8 @@ class NodeStorePort(Protocol):
         self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]
     ) -> list[tuple[bytes, int]]:
         """In ONE write transaction: delete rows whose written_order <= max_order, journal what
-        was deleted, and mark the `swept` root orders done. Returns (hash, bytes) deleted."""
+        was deleted, and mark the `swept` root orders done. Returns (hash, bytes) deleted, as
+        DeletedNodes when the store also reports the row ids (SqliteNodeStore does)."""
         ...
 
     def stale_entries(self, up_to_order: int, limit: int) -> list[tuple[int, bytes]]: ...

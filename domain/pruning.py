@@ -1,75 +1,50 @@
-"""The three phases of a prune cycle, all on ONE snapshot and its ONE reach set.
-
-Safety (DESIGN.md): BuildReach marks every node any retained root reaches, exactly; a sweep deletes
-only unmarked nodes, and the store's DELETE re-checks written_order <= S.latest_order inside the
-deleting transaction, so a hash that a writer put back after S survives."""
+"""A prune cycle: its three phases in the table's order, all on ONE snapshot and its ONE reach
+set, with retries, rollback, resume after a crash and a clean stop. What each phase does is in
+domain/sweeps.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, NoReturn
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import NoReturn
 
 from domain.config import PruneConfig
 from domain.cycle import PruneCycle, cycle_uuid
 from domain.errors import (
     AggregateNotFoundError,
+    ConcurrencyConflictError,
+    EventLogUnreachableError,
     IllegalPhaseOrderError,
     LockContendedError,
     LockError,
-    LockNotHeldError,
     MissingNodeError,
-    ReachSetCorruptError,
+    PrunerStoppedError,
     RecoveryExhaustedError,
     SnapshotError,
-    SnapshotMismatchError,
 )
 from domain.manager import AtomicSnapshotManager
 from domain.phases import FAILED, IDLE, RECOVERING, ROLLED_BACK, PrunePhase
 from domain.ports import (
     EventLog,
-    JournalEntry,
     NodeStorePort,
     Progress,
     ReachSet,
     ReachStorePort,
 )
 from domain.recovery import ErrorRecoveryManager
-from domain.snapshot import AtomicSnapshot, Snapshot, snapshot_uuid
+from domain.snapshot import AtomicSnapshot
+from domain.sweeps import (  # re-exported: where callers have always found them
+    FETCH_BATCH,
+    QUEUED_HASHES_CAP,
+    CycleReport,
+    PhaseStats,
+    PhaseWork,
+)
 
-FETCH_BATCH = 512
-
-
-@dataclass
-class PhaseStats:
-    visited: int = 0
-    deleted: int = 0
-    bytes_freed: int = 0
-    kept_by_guard: int = 0
-    roots: int = 0
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items()}
+__all__ = ["FETCH_BATCH", "QUEUED_HASHES_CAP", "CycleReport", "PhaseStats", "Pruner"]
 
 
-@dataclass
-class CycleReport:
-    cycle_no: int
-    snapshot_id: int
-    latest_order: int
-    reach_count: int = 0
-    reach_digest: str = ""
-    phases: dict[str, PhaseStats] = field(default_factory=dict)
-
-
-def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-class Pruner:
+class Pruner(PhaseWork):
     def __init__(
         self,
         manager: AtomicSnapshotManager,
@@ -87,6 +62,10 @@ class Pruner:
         self.progress = progress or (lambda phase, done, total: None)
         self.recovery = recovery or ErrorRecoveryManager(manager, sleep=lambda s: None)
         self._reach: ReachSet | None = None
+        self._lock_checked: datetime | None = None
+        self._lock_check_every = timedelta(milliseconds=manager.config.lock_timeout_ms / 4)
+        # Asked before every phase and every delete batch; True stops the cycle cleanly.
+        self.should_stop: Callable[[], bool] = lambda: False
 
     # --- one whole cycle -----------------------------------------------------------------
 
@@ -94,17 +73,25 @@ class Pruner:
         """One cycle on one snapshot. Transient failures are retried inside a phase; a snapshot
         problem (tampered, expired, off-chain, reach set corrupt) or a sweep that keeps failing
         rolls the cycle back to BuildReach on a fresh snapshot; when that is not allowed or
-        keeps failing, the cycle stops in Failed and RecoveryExhaustedError is raised."""
-        self._refuse_if_held()  # before touching the journal: it may be the holder's
-        self.reconcile_journal()
-        interrupted = self._interrupted()
-        if interrupted is not None:
-            snap, first, resume = interrupted
-        else:
-            snap = self.recovery.create_snapshot_with_recovery()
-            cycle = PruneCycle(self.manager.group, snap.cycle_no, snap.snapshot_id, self._now())
-            self.log.save(cycle)
-            first, resume = PrunePhase.BUILD_REACH, False
+        keeps failing, the cycle stops in Failed and RecoveryExhaustedError is raised. When
+        `should_stop` turns True, the cycle stops before its next phase or delete batch, the
+        lock is released, and PrunerStoppedError is raised: the next run resumes the cycle."""
+        try:
+            self._refuse_if_held()  # before touching the journal: it may be the holder's
+            self.reconcile_journal()
+            interrupted = self._interrupted()
+            if interrupted is not None:
+                snap, first, resume = interrupted
+            else:
+                snap = self.recovery.create_snapshot_with_recovery()
+                cycle = PruneCycle(self.manager.group, snap.cycle_no, snap.snapshot_id, self._now())
+                self.log.save(cycle)
+                first, resume = PrunePhase.BUILD_REACH, False
+        except ConcurrencyConflictError:
+            # Another node appended first (both saw a dead holder and went to take over).
+            raise LockContendedError(
+                f"another pruner of group {self.manager.group!r} took over first"
+            ) from None
         rcfg = self.recovery.config
         rollbacks = 0
         started = self._now()
@@ -113,6 +100,13 @@ class Pruner:
             try:
                 last = self._run_phases(snap, report, first, resume)
                 break
+            except PrunerStoppedError:
+                self._release_held_lock()  # the phase's PhaseFailed is already recorded
+                raise
+            except EventLogUnreachableError:
+                # No rollback through a log that is not there: the caller waits for it, and
+                # the next run_cycle records the phase as failed and resumes it (_interrupted).
+                raise
             except (MissingNodeError, LockError, IllegalPhaseOrderError) as exc:
                 self._give_up(snap, exc)
             except SnapshotError as exc:
@@ -154,6 +148,7 @@ class Pruner:
             PrunePhase.INCREMENTAL_SWEEP: self._incremental_sweep,
         }
         for phase in phases[phases.index(first) :]:
+            self._stop_point(phase)  # between phases: the cycle picks up with this one
             self.manager.lock_snapshot(phase)  # validates integrity, age and chain state
             self._phase(snap, phase, report, bodies[phase], resume=resume and phase is first)
         return phases[-1]
@@ -170,13 +165,8 @@ class Pruner:
         return self._pick_up(snap)
 
     def _refuse_if_held(self) -> None:
-        lock = self.manager.lock_info()
-        if (
-            lock.is_held
-            and lock.owner != self.manager.owner
-            and not lock.is_expired(self._now())
-            and not self.manager._gone(lock)
-        ):
+        lock = self.manager.held_by_live_other()
+        if lock is not None:
             # A live holder is running that cycle: touch nothing of it.
             raise LockContendedError(
                 f"lock of group {self.manager.group!r} is held by {lock.describe_holder()}"
@@ -209,6 +199,7 @@ class Pruner:
         return snap, phase, True
 
     def _roll_back(self, snap: AtomicSnapshot, exc: BaseException) -> AtomicSnapshot:
+        self._refuse_if_held()  # taken over meanwhile: the cycle is the new holder's
         try:
             return self.recovery.roll_back(snap, exc)
         except Exception as again:
@@ -220,6 +211,7 @@ class Pruner:
         return (self._now() - started).total_seconds() > limit
 
     def _give_up(self, snap: AtomicSnapshot, exc: BaseException) -> NoReturn:
+        self._refuse_if_held()  # taken over meanwhile: the cycle is the new holder's
         self.recovery.give_up(snap, exc)
         lock = self.manager.lock_info()
         if lock.owner == self.manager.owner and lock.phase is not None:
@@ -227,12 +219,6 @@ class Pruner:
         raise RecoveryExhaustedError(
             f"cycle {snap.cycle_no} stopped in Failed: {type(exc).__name__}: {exc}"
         ) from exc
-
-    def _now(self) -> datetime:
-        return self.manager.clock.now()
-
-    def _cycle(self, snap: AtomicSnapshot) -> PruneCycle:
-        return self.log.get(cycle_uuid(snap.group, snap.cycle_no), PruneCycle)
 
     def _phase(
         self,
@@ -266,181 +252,7 @@ class Pruner:
         cycle.complete_phase(phase, stats.as_dict(), self._now())
         self.log.save(cycle)
 
-    def _ensure_holding(self, phase: PrunePhase, snap: AtomicSnapshot) -> None:
-        """Checked before every delete batch: a pruner whose lock was taken over stops."""
+    def _release_held_lock(self) -> None:
         lock = self.manager.lock_info()
-        if not lock.holds(self.manager.owner, phase):
-            raise LockNotHeldError(
-                f"{self.manager.owner} lost the {phase.value} lock; "
-                f"held by {lock.describe_holder()}"
-            )
-        if lock.current_snapshot_id != snap.snapshot_id:
-            raise SnapshotMismatchError(
-                f"lock now names snapshot {lock.current_snapshot_id}, cycle uses {snap.snapshot_id}"
-            )
-
-    # --- BuildReach ----------------------------------------------------------------------
-
-    def _build_reach(self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport) -> None:
-        roots = self.nodes.retained_roots(snap.retained_from_order, snap.latest_order)
-        stats.roots = len(roots)
-        reach = self.reach_store.new()
-        self._mark(roots, reach, stats)
-        digest = self.reach_store.save(snap.snapshot_id, reach)
-        snapshot = self.log.get(snapshot_uuid(snap.group, snap.snapshot_id), Snapshot)
-        snapshot.record_reach(len(reach), digest, self.manager.clock.now())
-        self.log.save(snapshot)
-        report.reach_count, report.reach_digest = len(reach), digest
-        self._reach = reach
-
-    def _reach_set(self, snap: AtomicSnapshot) -> ReachSet:
-        """The sweep's mark set: loaded from disk and digest-checked, so a sweep never trusts a
-        truncated or altered file (and a resumed sweep can trust an intact one)."""
-        if not self.manager.config.enable_persistence and self._reach is not None:
-            return self._reach
-        snapshot = self.log.get(snapshot_uuid(snap.group, snap.snapshot_id), Snapshot)
-        if snapshot.reach_digest is None:
-            raise ReachSetCorruptError(f"snapshot {snap.snapshot_id} has no reach set recorded")
-        return self.reach_store.load(snap.snapshot_id, snapshot.reach_digest)
-
-    def _mark(self, roots: list[bytes], reach: ReachSet, stats: PhaseStats) -> None:
-        frontier = list(dict.fromkeys(r for r in roots if any(r)))
-        children = self.nodes.children
-        while frontier:
-            batch = list(dict.fromkeys(frontier[-FETCH_BATCH:]))
-            del frontier[-FETCH_BATCH:]
-            records = self.nodes.fetch(batch)
-            if len(records) != len(batch):
-                missing = set(batch) - {r.hash for r in records}
-                raise MissingNodeError(
-                    f"{len(missing)} node(s) reachable from a retained root are missing, "
-                    f"e.g. {next(iter(missing)).hex()}"
-                )
-            for rec in records:
-                if rec.row_id in reach:
-                    continue
-                reach.add(rec.row_id)
-                frontier.extend(children(rec.data))
-            stats.visited = len(reach)
-            self.progress(PrunePhase.BUILD_REACH.value, stats.visited, None)
-
-    # --- SweepExpired --------------------------------------------------------------------
-
-    def _sweep_expired(self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport) -> None:
-        reach = self._reach_set(snap)
-        expired = self.nodes.expired_roots(snap.retained_from_order)
-        seen: set[int] = set()
-        pending: list[int] = []  # garbage of whole roots, in discovery order
-        pending_roots: list[int] = []
-        for done, (order, root) in enumerate(expired, start=1):
-            pending.extend(self._unmarked_below(root, reach, seen))
-            pending_roots.append(order)
-            if len(pending) >= self.config.delete_batch_size or done == len(expired):
-                self._delete_roots(snap, pending, pending_roots, stats)
-                stats.roots = done
-                self._checkpoint(snap, PrunePhase.SWEEP_EXPIRED, {"swept_through_order": order})
-                pending, pending_roots = [], []
-            self.progress(PrunePhase.SWEEP_EXPIRED.value, done, len(expired))
-        stats.visited = len(seen)
-
-    def _delete_roots(
-        self, snap: AtomicSnapshot, garbage: list[int], orders: list[int], stats: PhaseStats
-    ) -> None:
-        """Deletes in reverse discovery order, so whatever a crash leaves is a prefix of the
-        walk: still reachable from a root that is not yet marked swept (marking happens in
-        the last transaction), and the next cycle walks it again."""
-        garbage.reverse()
-        size = self.config.delete_batch_size
-        chunks = list(_batches(garbage, size)) or [[]]
-        for i, ids in enumerate(chunks):
-            last = i == len(chunks) - 1
-            self._delete(snap, PrunePhase.SWEEP_EXPIRED, ids, stats, swept=orders if last else [])
-
-    def _unmarked_below(self, root: bytes, reach: ReachSet, seen: set[int]) -> list[int]:
-        """Row ids under `root` that no retained root reaches and that no earlier root of this
-        sweep already collected, parents before children."""
-        found: list[int] = []
-        frontier = [root] if any(root) else []
-        while frontier:
-            batch = list(dict.fromkeys(frontier[-FETCH_BATCH:]))
-            del frontier[-FETCH_BATCH:]
-            for rec in self.nodes.fetch(batch):
-                if rec.row_id in reach or rec.row_id in seen:
-                    continue
-                seen.add(rec.row_id)
-                found.append(rec.row_id)
-                frontier.extend(self.nodes.children(rec.data))
-        return found
-
-    # --- IncrementalSweep ----------------------------------------------------------------
-
-    def _incremental_sweep(
-        self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport
-    ) -> None:
-        reach = self._reach_set(snap)
-        limit = self.config.delete_batch_size
-        while entries := self.nodes.stale_entries(snap.retained_from_order, limit):
-            hashes = list(dict.fromkeys(h for _, h in entries))
-            records = self.nodes.fetch(hashes)
-            ids = [r.row_id for r in records if r.row_id not in reach]
-            stats.visited += len(entries)
-            self._delete(snap, PrunePhase.INCREMENTAL_SWEEP, ids, stats, entries)
-            self.progress(PrunePhase.INCREMENTAL_SWEEP.value, stats.visited, None)
-
-    # --- deletes, journal and audit ------------------------------------------------------
-
-    def _delete(
-        self,
-        snap: AtomicSnapshot,
-        phase: PrunePhase,
-        ids: list[int],
-        stats: PhaseStats,
-        stale: list[tuple[int, bytes]] | None = None,
-        swept: list[int] | None = None,
-    ) -> None:
-        self._ensure_holding(phase, snap)
-        self.reconcile_journal()  # a batch whose event failed must be logged before the next
-        cycle = self._cycle(snap)
-        batch_no = max(cycle.batches_logged, default=0) + 1
-        entry = JournalEntry(
-            batch_key=f"{snap.group}/{snap.cycle_no}/{batch_no}",
-            cycle_no=snap.cycle_no,
-            snapshot_id=snap.snapshot_id,
-            phase=phase.value,
-            batch_no=batch_no,
-            deleted=[],
-        )
-        if stale is None:
-            deleted = self.nodes.delete_guarded(ids, snap.latest_order, entry, swept or [])
-        else:
-            deleted = self.nodes.sweep_stale(stale, ids, snap.latest_order, entry)
-        stats.kept_by_guard += len(ids) - len(deleted)
-        stats.deleted += len(deleted)
-        stats.bytes_freed += sum(n for _, n in deleted)
-        if deleted:
-            cycle.record_batch(phase, snap.snapshot_id, batch_no, deleted, self.manager.clock.now())
-            self.log.save(cycle)
-        self.nodes.mark_journal_logged(entry.batch_key)
-
-    def _checkpoint(self, snap: AtomicSnapshot, phase: PrunePhase, point: dict[str, Any]) -> None:
-        cycle = self._cycle(snap)
-        cycle.progress(phase, point, self.manager.clock.now())
-        self.log.save(cycle)
-
-    def reconcile_journal(self) -> int:
-        """After a crash between a delete and its event: append the missing NodesSwept events,
-        so the audit never lacks a deleted node. Returns how many batches it logged."""
-        logged = 0
-        for entry in self.nodes.unlogged_journal():
-            cycle = self.log.get(cycle_uuid(self.manager.group, entry.cycle_no), PruneCycle)
-            if entry.batch_no not in cycle.batches_logged and entry.deleted:
-                phase, now = PrunePhase(entry.phase), self._now()
-                args = (phase, entry.snapshot_id, entry.batch_no, entry.deleted, now)
-                if cycle.accepts_batch(phase, entry.snapshot_id):
-                    cycle.record_batch(*args)
-                else:  # the cycle moved on (failed, rolled back, finished): still audited
-                    cycle.record_recovered_batch(*args)
-                self.log.save(cycle)
-                logged += 1
-            self.nodes.mark_journal_logged(entry.batch_key)
-        return logged
+        if lock.owner == self.manager.owner and lock.phase is not None:
+            self.manager.release_snapshot(PrunePhase(lock.phase))

@@ -159,6 +159,8 @@ class ErrorRecoveryManager:
     def _record_failure(
         self, phase: PrunePhase, exc: BaseException, snap: AtomicSnapshot | None
     ) -> None:
+        if self.manager.held_by_live_other() is not None:
+            return  # taken over while it ran: the cycle is the new holder's to record
         cycle = self._cycle(snap)
         if cycle.state == phase.value:
             cycle.fail_phase(phase, type(exc).__name__, str(exc)[:2000], self._now())

@@ -13,19 +13,25 @@ from typing import Any
 import click
 
 from domain.errors import (
+    ConcurrencyConflictError,
     ConfigError,
     DataDirError,
+    EventLogUnreachableError,
+    LockContendedError,
     PrunelogError,
+    PrunerStoppedError,
     RecoveryExhaustedError,
     UnknownPhaseError,
 )
-from infrastructure import cli_history, cli_views
+from infrastructure import cli_audit, cli_history, cli_views
 from infrastructure.cli_common import Context, console, err
 from infrastructure.config_file import CONFIG_FILE, DEFAULT_TOML, load_settings
 from infrastructure.eventlog import ensure_data_dir
 from infrastructure.metrics import MetricsFeeder, PrunerMetrics
 from infrastructure.progress import RichProgress
-from infrastructure.runtime import Runtime
+from infrastructure.reconnect import open_runtime, wait_for_log
+from infrastructure.runtime import Settings
+from projections.runner import ProjectionRunner
 
 
 @click.group()
@@ -43,54 +49,103 @@ def cli(ctx: click.Context, data_dir: str | None, config: str | None) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def init(obj: Context) -> None:
+def init(obj: Context, as_json: bool) -> None:
     """Create the data directory and a config file with commented defaults."""
     ensure_data_dir(obj.data_dir)
     path = obj.data_dir / CONFIG_FILE
-    if path.exists():
-        console.print(f"{path} already exists; left unchanged")
-        return
-    path.write_text(DEFAULT_TOML)
-    console.print(f"created {path}")
+    created = not path.exists()
+    if created:
+        path.write_text(DEFAULT_TOML)
+    if as_json:
+        click.echo(
+            json.dumps({"data_dir": str(obj.data_dir), "config": str(path), "created": created})
+        )
+    else:
+        console.print(f"created {path}" if created else f"{path} already exists; left unchanged")
 
 
 @cli.command()
 @click.option("--cycles", default=4, show_default=True, help="Prune cycles while the writer runs.")
 @click.option("--initial-txs", default=1500, show_default=True, help="Txs written before pruning.")
 @click.option("--seed", default=7, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Narration to stderr; a summary on stdout.")
 @click.pass_obj
-def demo(obj: Context, cycles: int, initial_txs: int, seed: int) -> None:
+def demo(obj: Context, cycles: int, initial_txs: int, seed: int, as_json: bool) -> None:
     """Build a store, prune it while a writer keeps writing, and verify the result."""
     from infrastructure.demo import DemoOptions, run_demo
 
-    code = run_demo(obj.data_dir, DemoOptions(initial_txs, cycles, seed=seed), console)
+    code = run_demo(
+        obj.data_dir, DemoOptions(initial_txs, cycles, seed=seed), err if as_json else console
+    )
+    if as_json:
+        click.echo(json.dumps(cli_views.demo_summary(obj.data_dir / "demo", code), indent=2))
     sys.exit(code)
 
 
 class _Stop:
+    """SIGINT/SIGTERM. The first asks the pruner to stop at its next safe point: the batch in
+    flight commits and is logged, the phase is recorded as stopped (PhaseFailed), and the lock
+    is released through an event (PhaseLock.Released); the next run resumes the cycle. A second
+    signal stops at once, like a crash: the journal lets the next run log what was deleted."""
+
     def __init__(self) -> None:
         self.requested = False
 
     def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.requested:
+            err.print(f"{name} again: stopping now")
+            raise KeyboardInterrupt
         self.requested = True
-        err.print(f"{signal.Signals(signum).name}: stopping after the current cycle")
+        err.print(f"{name}: stopping after the current batch (send it again to stop now)")
 
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Run one cycle and exit.")
 @click.option("--cycles", type=int, default=0, help="Stop after this many cycles (0 = forever).")
 @click.option("--metrics-port", type=int, default=None, help="Serve /metrics on 127.0.0.1:PORT.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per cycle; bars to stderr.")
 @click.pass_obj
-def run(obj: Context, once: bool, cycles: int, metrics_port: int | None) -> None:
-    """Run prune cycles every interval_s on <data-dir>/state.sqlite."""
+def run(obj: Context, once: bool, cycles: int, metrics_port: int | None, as_json: bool) -> None:
+    """Run prune cycles every interval_s on <data-dir>/state.sqlite.
+
+    SIGINT or SIGTERM stops cleanly with exit code 0: the batch being deleted finishes and is
+    logged, the phase is recorded as stopped, and the lock is released through an event; the
+    next run resumes the cycle. A second signal stops at once (exit 130), as a crash would."""
     settings = load_settings(obj.data_dir, obj.config)
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    limit = 1 if once else cycles
+    try:
+        _run(settings, stop, 1 if once else cycles, metrics_port, as_json)
+    except KeyboardInterrupt:
+        err.print("stopped at once; the next run logs any deleted batch and resumes the cycle")
+        sys.exit(130)
+    except EventLogUnreachableError:
+        if not stop.requested:
+            raise
+        err.print("stopped while waiting for the event log")
+
+
+def _say(as_json: bool, record: dict[str, Any], text: str) -> None:
+    if as_json:
+        click.echo(json.dumps(record))
+    else:
+        console.print(text)
+
+
+def _run(
+    settings: Settings, stop: _Stop, limit: int, metrics_port: int | None, as_json: bool
+) -> None:
     done = 0
-    with Runtime(settings) as rt:
+
+    def retry_note(message: str) -> None:
+        err.print(f"[yellow]event log unavailable:[/] {message}")
+
+    with open_runtime(settings, lambda: stop.requested, retry_note) as rt:
+        rt.pruner.should_stop = lambda: stop.requested
         feeder = None
         if metrics_port is not None:
             metrics = PrunerMetrics()
@@ -103,10 +158,41 @@ def run(obj: Context, once: bool, cycles: int, metrics_port: int | None) -> None
         runner.catch_up()  # read models first, so they are current even before a cycle
         while not stop.requested:
             try:
-                with RichProgress(console) as bars:
+                with RichProgress(err if as_json else console) as bars:
                     rt.pruner.progress = bars
                     report = rt.pruner.run_cycle()
+            except PrunerStoppedError as exc:
+                runner.catch_up()
+                if feeder is not None:
+                    feeder.feed(rt.log.read)
+                snap = rt.manager.current_snapshot
+                cycle_no = None if snap is None else snap.cycle_no
+                _say(
+                    as_json,
+                    {"stopped": True, "cycle": cycle_no, "message": str(exc)},
+                    f"cycle {cycle_no} stopped cleanly ({exc}); the lock is released and the "
+                    "next run resumes the cycle",
+                )
+                return
+            except (LockContendedError, ConcurrencyConflictError) as exc:
+                # Another node of the group is working, or appended first (both went to take
+                # over a dead holder): wait and watch its events; the next try re-reads them.
+                _say(as_json, {"waiting": True, "message": str(exc)}, f"waiting: {exc}")
+                try:
+                    _watch(runner, stop, settings.prune.interval_s)
+                except EventLogUnreachableError as lost:
+                    err.print(f"[red]watching interrupted:[/] {lost}")
+                    wait_for_log(rt, lambda: stop.requested, retry_note)
+                continue
+            except EventLogUnreachableError as exc:
+                # The log's server went away mid-cycle: once it is back, the next cycle logs
+                # the journal's batches and resumes the interrupted phase, through events.
+                err.print(f"[red]cycle interrupted:[/] {exc}")
+                wait_for_log(rt, lambda: stop.requested, retry_note)
+                continue
             except RecoveryExhaustedError as exc:
+                if as_json:
+                    click.echo(json.dumps({"failed": True, "message": str(exc)}))
                 err.print(f"[red]cycle failed:[/] {exc}; the next cycle starts clean")
                 runner.catch_up()
                 if feeder is not None:
@@ -127,10 +213,19 @@ def run(obj: Context, once: bool, cycles: int, metrics_port: int | None) -> None
                 "deleted": {p: s.deleted for p, s in report.phases.items()},
                 "seconds": {p: round(s.seconds, 3) for p, s in report.phases.items()},
             }
-            console.print_json(json.dumps(summary))
+            if as_json:
+                click.echo(json.dumps(summary))
+            else:
+                console.print_json(json.dumps(summary))
             if limit and done >= limit:
                 break
             _pause(stop, settings.prune.interval_s)
+
+
+def _watch(runner: ProjectionRunner, stop: _Stop, seconds: float) -> None:
+    """Keeps the read models current while another node holds the lock."""
+    deadline = time.monotonic() + max(seconds, 1.0)
+    runner.follow(lambda: stop.requested or time.monotonic() >= deadline, wait_s=0.5)
 
 
 def _pause(stop: _Stop, seconds: float) -> None:
@@ -149,7 +244,7 @@ for _command in (
     cli_history.replay,
     cli_history.export,
     cli_history.status,
-    cli_history.audit,
+    cli_audit.audit,
 ):
     cli.add_command(_command)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -13,13 +14,19 @@ from rich.table import Table
 from infrastructure.eventlog import resolve_data_dir
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message, one line (log collectors)
 
 
 class Context:
     def __init__(self, data_dir: str | None, config: str | None) -> None:
         self.data_dir = resolve_data_dir(data_dir)
         self.config = Path(config) if config else None
+
+
+def usage_error(message: str) -> NoReturn:
+    """A one-line error on stderr and exit code 2 (bad usage: e.g. an unknown cycle)."""
+    err.print(f"[red]error:[/] {message}")
+    sys.exit(2)
 
 
 def emit(as_json: bool, data: Any, table: Table | None = None) -> None:

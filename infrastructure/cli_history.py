@@ -1,5 +1,5 @@
-"""History commands: replay (with filters, time travel and a legality check), audit, export,
-status. They read the log itself; nothing here writes to it."""
+"""History commands: replay (with filters, time travel and a legality check), export, status.
+They read the log itself; nothing here writes to it. `audit` lives in cli_audit."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import click
 
 from domain.config import RecoveryConfig
 from domain.cycle import PruneCycle
+from domain.errors import AggregateNotFoundError
 from domain.health import HealthMonitor
-from domain.lock import PhaseLock
-from infrastructure.cli_common import Context, console, emit, err, table
+from domain.lock import PhaseLock, lock_uuid
+from infrastructure.cli_common import Context, console, emit, table, usage_error
 from infrastructure.config_file import load_settings
 from infrastructure.eventlog import EventsourcingLog
 from infrastructure.render import event_record, line, plain
+from infrastructure.runtime import Settings
 
 
 def _events(log: EventsourcingLog, until: int | None = None) -> Iterator[tuple[int, Any]]:
@@ -77,11 +79,50 @@ def _matches(
     return True
 
 
-def state_at(log: EventsourcingLog, position: int, config: RecoveryConfig) -> dict[str, Any]:
-    """Locks, health and each group's latest cycle as they were at `position` (time travel)."""
+class Groups:
+    """Which pruner group each aggregate belongs to (its Created event names it), so that the
+    commands can show one group of a fleet-wide log."""
+
+    def __init__(self, group: str | None) -> None:
+        self.group = group
+        self.of: dict[Any, str] = {}
+
+    def keep(self, e: Any) -> bool:
+        named = getattr(e, "group", None)
+        if isinstance(named, str):
+            self.of.setdefault(e.originator_id, named)
+        return self.group is None or self.of.get(e.originator_id) == self.group
+
+
+def require_group(settings: Settings) -> None:
+    """An explicit --group must name a group the log knows; a read command never creates it."""
+    with EventsourcingLog.open(settings.data_dir, settings.resolved_event_store()) as log:
+        try:
+            log.get(lock_uuid(settings.group), PhaseLock)
+        except AggregateNotFoundError:
+            usage_error(f"no pruner group {settings.group!r} in the event log {log.where}")
+
+
+def group_settings(obj: Context, group: str | None) -> Settings:
+    """The config's settings; with --group, for that group of the log."""
+    settings = load_settings(obj.data_dir, obj.config)
+    if group is not None:
+        settings.group = group
+        require_group(settings)
+    return settings
+
+
+def state_at(
+    log: EventsourcingLog, position: int, config: RecoveryConfig, group: str | None = None
+) -> dict[str, Any]:
+    """Locks, health and each group's latest cycle as they were at `position` (time travel);
+    with `group`, that group's only."""
     aggregates: dict[Any, Any] = {}
     monitor = HealthMonitor(config)
+    groups = Groups(group)
     for _pos, e in _events(log, until=position):
+        if not groups.keep(e):
+            continue
         aggregates[e.originator_id] = e.mutate(aggregates.get(e.originator_id))
         monitor.apply(e)
     locks = [a for a in aggregates.values() if isinstance(a, PhaseLock)]
@@ -128,7 +169,12 @@ def state_at(log: EventsourcingLog, position: int, config: RecoveryConfig) -> di
 @click.option("--type", "kind", help="Only event types containing this, e.g. NodesSwept.")
 @click.option("--since", help="ISO time with timezone; events at or after it.")
 @click.option("--until", help="ISO time with timezone; events at or before it.")
-@click.option("--group", default=None, help="Only this pruner group's cycles (with --cycle).")
+@click.option(
+    "--group",
+    default=None,
+    help="Only this pruner group's events (all groups of the log by default; --cycle N "
+    "means the config's group's cycle N unless --group names another).",
+)
 @click.option("--at", "at", help="Show locks, health and phase as of this log POSITION or TIME.")
 @click.option("--check", is_flag=True, help="Re-run the phase machine over the whole log.")
 @click.option("--json", "as_json", is_flag=True)
@@ -147,11 +193,11 @@ def replay(
 ) -> None:
     """The event history as a readable timeline; time travel with --at; --check for legality."""
     settings = load_settings(obj.data_dir, obj.config)
-    with EventsourcingLog.open_sqlite(obj.data_dir) as log:
+    with EventsourcingLog.open(obj.data_dir, settings.resolved_event_store()) as log:
         if check:
             _check(log, as_json)
         if at is not None:
-            state = state_at(log, _position_at(log, at), settings.recovery)
+            state = state_at(log, _position_at(log, at), settings.recovery, group)
             emit(as_json, state, None) if as_json else _print_state(state)
             return
         from domain.cycle import cycle_uuid
@@ -160,8 +206,9 @@ def replay(
         ids = {cycle_uuid(grp, cycle)} if cycle is not None else set()
         lo = _parse_time(since) if since else None
         hi = _parse_time(until) if until else None
+        groups = Groups(group)
         for pos, e in _events(log):
-            if _matches(e, cycle, phase, kind, lo, hi, ids):
+            if groups.keep(e) and _matches(e, cycle, phase, kind, lo, hi, ids):
                 record = event_record(pos, e)
                 click.echo(json.dumps(record) if as_json else line(record))
 
@@ -205,24 +252,21 @@ def _print_state(state: dict[str, Any]) -> None:
 def export(obj: Context, as_json: bool) -> None:
     """The log as JSON Lines: position, aggregate, type, version, time and fields per event."""
     del as_json  # always JSON Lines; the flag is accepted for symmetry with other commands
-    with EventsourcingLog.open_sqlite(obj.data_dir) as log:
+    settings = load_settings(obj.data_dir, obj.config)
+    with EventsourcingLog.open(obj.data_dir, settings.resolved_event_store()) as log:
         for pos, e in _events(log):
             click.echo(json.dumps(event_record(pos, e)))
 
 
-def main_error(message: str) -> None:
-    err.print(f"[red]error:[/] {message}")
-    sys.exit(2)
-
-
 @click.command()
+@click.option("--group", default=None, help="This pruner group of the log. [default: config's]")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def status(obj: Context, as_json: bool) -> None:
+def status(obj: Context, group: str | None, as_json: bool) -> None:
     """One screen: current cycle and phase, snapshot, lock holder, health, last cycle's stats."""
     from infrastructure.runtime import Runtime
 
-    with Runtime(load_settings(obj.data_dir, obj.config)) as rt:
+    with Runtime(group_settings(obj, group)) as rt:
         runner = rt.projections()
         runner.catch_up()
         lock = rt.manager.lock_info()
@@ -301,57 +345,3 @@ def _print_status(d: dict[str, Any]) -> None:
     console.print(f"health: {d['health']}" + (f" — alerts: {d['alerts']}" if d["alerts"] else ""))
     if d["last_cycle"]:
         console.print(table("last finished cycle", d["last_cycle"]))
-
-
-@click.command()
-@click.argument("node_hash", required=False)
-@click.option("--cycle", type=int, help="Audit a whole cycle instead of one node.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def audit(obj: Context, node_hash: str | None, cycle: int | None, as_json: bool) -> None:
-    """Which cycle, snapshot, phase and batch deleted NODE_HASH, and when; or that it never was.
-    With --cycle N: that cycle's batches."""
-    from infrastructure.runtime import Runtime
-
-    if (node_hash is None) == (cycle is None):
-        raise click.UsageError("give a NODE_HASH or --cycle N (one of them)")
-    with Runtime(load_settings(obj.data_dir, obj.config)) as rt:
-        runner = rt.projections()
-        runner.catch_up(["audit"])
-        if node_hash is not None:
-            try:
-                raw = bytes.fromhex(node_hash)
-            except ValueError:
-                raise click.BadParameter(f"{node_hash!r} is not a hex node hash") from None
-            rows = [
-                dict(r)
-                for r in runner.rows(
-                    "SELECT b.grp, b.cycle_no, b.snapshot_id, b.phase, b.batch_no, b.batch_ref AS "
-                    "position, b.at FROM audit a JOIN audit_batches b USING (batch_ref) "
-                    "WHERE a.node_hash = ? ORDER BY b.batch_ref",
-                    (raw,),
-                )
-            ]
-            if not rows:
-                msg = f"{node_hash} was never deleted by prunelog"
-                click.echo(
-                    json.dumps({"node_hash": node_hash, "deletions": []}) if as_json else msg
-                )
-                return
-            emit(
-                as_json,
-                {"node_hash": node_hash, "deletions": rows},
-                table(f"deletions of {node_hash[:16]}…", rows),
-            )
-            return
-        rows = [
-            dict(r)
-            for r in runner.rows(
-                "SELECT b.phase, b.batch_no, b.snapshot_id, b.batch_ref AS position, b.at, "
-                "count(a.node_hash) AS nodes FROM audit_batches b LEFT JOIN audit a USING "
-                "(batch_ref) WHERE b.grp = ? AND b.cycle_no = ? GROUP BY b.batch_ref "
-                "ORDER BY b.batch_ref",
-                (rt.settings.group, cycle),
-            )
-        ]
-        emit(as_json, {"cycle": cycle, "batches": rows}, table(f"cycle {cycle} batches", rows))

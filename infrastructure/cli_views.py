@@ -1,18 +1,24 @@
-"""Read-model commands: projections, validate, health, locks, snapshots, events."""
+"""Read-model commands: projections, validate, health, locks, snapshots, events; and the
+demo's summary for `demo --json`."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import click
 
+from domain.phases import PrunePhase
 from domain.validator import SnapshotValidator
 from infrastructure.cli_common import Context, console, emit, err, table
 from infrastructure.config_file import load_settings
-from infrastructure.eventlog import EventsourcingLog
-from infrastructure.render import describe, notifications
+from infrastructure.eventlog import STATE_FILE, EventsourcingLog
+from infrastructure.render import describe, event_record, notifications
 from infrastructure.runtime import Runtime
+from infrastructure.state_store import SqliteStateStore
 
 
 @click.group()
@@ -47,14 +53,18 @@ def projections_status(obj: Context, fast: bool, as_json: bool) -> None:
 
 @projections.command("rebuild")
 @click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def projections_rebuild(obj: Context, names: tuple[str, ...]) -> None:
+def projections_rebuild(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
     """Drop projections (all, or NAMES) and replay the whole log into them."""
     with Runtime(load_settings(obj.data_dir, obj.config)) as rt:
         try:
             applied = rt.projections().rebuild(list(names) or None)
         except KeyError as exc:
             raise click.UsageError(str(exc.args[0])) from None
+    if as_json:
+        click.echo(json.dumps({"rebuilt": applied}))
+        return
     for name, count in applied.items():
         console.print(f"rebuilt {name}: {count:,} events")
 
@@ -125,11 +135,44 @@ def snapshots(obj: Context, limit: int, as_json: bool) -> None:
 @click.command()
 @click.option("--start", default=1, show_default=True, help="First log position.")
 @click.option("--limit", default=0, help="At most this many events (0 = all).")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines, as `prunelog export` writes.")
 @click.pass_obj
-def events(obj: Context, start: int, limit: int) -> None:
+def events(obj: Context, start: int, limit: int, as_json: bool) -> None:
     """Print the event log, one line per event."""
     with EventsourcingLog.open_sqlite(obj.data_dir) as log:
         for i, n in enumerate(notifications(log, start), start=1):
-            click.echo(describe(log, n))
+            if as_json:
+                record = event_record(n.id, log.app.mapper.to_domain_event(n))
+                click.echo(json.dumps(record))
+            else:
+                click.echo(describe(log, n))
             if limit and i >= limit:
                 break
+
+
+def demo_summary(demo_dir: Path, code: int) -> dict[str, Any]:
+    """`demo --json`: what the demo's table shows, read back from its log and its store."""
+    deleted: Counter[str] = Counter()
+    freed: Counter[str] = Counter()
+    cycles = 0
+    with EventsourcingLog.open_sqlite(demo_dir) as log:
+        for e in log.events():
+            kind = type(e).__qualname__
+            if kind in ("PruneCycle.NodesSwept", "PruneCycle.BatchRecovered"):
+                deleted[e.phase] += e.count
+                freed[e.phase] += e.bytes_freed
+            cycles += kind == "PruneCycle.Completed"
+        head = log.head()
+    with SqliteStateStore.open(demo_dir / STATE_FILE) as store:
+        nodes, size = store.node_count(), store.total_bytes()
+    return {
+        "data_dir": str(demo_dir),
+        "passed": code == 0,
+        "exit_code": code,
+        "cycles_completed": cycles,
+        "deleted": {p.value: deleted[p.value] for p in PrunePhase},
+        "bytes_freed": {p.value: freed[p.value] for p in PrunePhase},
+        "nodes_after": nodes,
+        "bytes_after": size,
+        "log_head": head,
+    }

@@ -8,6 +8,7 @@ from typing import Any
 
 from domain.config import PruneConfig, RecoveryConfig, SnapshotManagerConfig
 from domain.errors import ConfigError
+from infrastructure.postgres import is_postgres_url
 from infrastructure.runtime import Settings
 
 CONFIG_FILE = "prunelog.toml"
@@ -18,6 +19,12 @@ DEFAULT_TOML = """\
 
 # Pruner group: nodes of one group share one phase lock.
 group = "default"
+
+# Where the event log lives: "sqlite" (events.sqlite in the data directory), or a
+# PostgreSQL URL shared by several pruner nodes, e.g.
+#   event_store = "postgresql://prunelog:secret@db.internal:5432/prunelog?schema=chain_a"
+# PRUNELOG_EVENT_STORE overrides it.
+event_store = "sqlite"
 
 [snapshot]                      # SnapshotManagerConfig
 lock_timeout_ms = 1800000       # 30 min: a holder silent this long can be taken over
@@ -60,12 +67,19 @@ def load_settings(data_dir: Path, config_path: Path | None = None) -> Settings:
             raw = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(raw) - {"group", *_SECTIONS})
+    unknown = sorted(set(raw) - {"group", "event_store", *_SECTIONS})
     if unknown:
         raise ConfigError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
     group = raw.get("group", "default")
     if not isinstance(group, str) or not group:
         raise ConfigError(f"config file {path}: group must be a non-empty string")
+    event_store = raw.get("event_store", "sqlite")
+    if not isinstance(event_store, str) or not (
+        event_store == "sqlite" or is_postgres_url(event_store)
+    ):
+        raise ConfigError(
+            f'config file {path}: event_store must be "sqlite" or a postgresql:// URL'
+        )
     parts: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         section = raw.get(name, {})
@@ -75,4 +89,4 @@ def load_settings(data_dir: Path, config_path: Path | None = None) -> Settings:
             parts[name] = cls.from_mapping(section)
         except ConfigError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
-    return Settings(data_dir=data_dir, group=group, **parts)
+    return Settings(data_dir=data_dir, group=group, event_store=event_store, **parts)

@@ -111,7 +111,7 @@ def run_demo(data_dir: Path, opts: DemoOptions, console: Console) -> int:
         checks.append(final)
         after_nodes, after_bytes = store.node_count(), store.total_bytes()
         _print_events(rt, console)
-        log_path = rt.log.app.env.get("SQLITE_DBNAME")
+        log_path = f"{rt.log.backend} {rt.log.where}"
 
     table = Table(title="prunelog demo summary")
     table.add_column("measure")

@@ -1,10 +1,11 @@
-"""The event log: an eventsourcing Application on SQLite (WAL), with our msgpack transcoder and
-stable topics. Library errors stop here and leave as domain errors."""
+"""The event log: an eventsourcing Application on SQLite (WAL) or PostgreSQL, with our msgpack
+transcoder and stable topics. Library errors stop here and leave as domain errors."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -16,8 +17,10 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import (
     IntegrityError,
+    InterfaceError,
     Mapper,
     MapperDeserialisationError,
+    OperationalError,
     PersistenceError,
     Transcoder,
 )
@@ -25,11 +28,14 @@ from eventsourcing.persistence import (
 from domain.errors import (
     AggregateNotFoundError,
     ConcurrencyConflictError,
+    ConfigError,
     CorruptEventError,
     DataDirError,
     EventLogError,
+    EventLogUnreachableError,
 )
 from domain.phases import PrunePhase
+from infrastructure.postgres import Listener, is_postgres_url, postgres_env, prepare, redact
 from infrastructure.topics import StableTopicMapper
 from infrastructure.transcoder import MsgpackTranscoder
 
@@ -88,8 +94,56 @@ def sqlite_env(db_path: Path) -> dict[str, str]:
 class EventsourcingLog:
     """Implements the domain's EventLog port over a PrunelogApplication."""
 
-    def __init__(self, app: PrunelogApplication) -> None:
+    def __init__(
+        self, app: PrunelogApplication, *, where: str = "", listener: Listener | None = None
+    ) -> None:
         self.app = app
+        self.where = where  # for messages: a file path or a redacted URL
+        self.backend = "postgresql" if listener is not None else "sqlite"
+        self._listener = listener
+
+    @classmethod
+    def open(cls, data_dir: Path, event_store: str | None = None) -> EventsourcingLog:
+        """SQLite in `data_dir` (the default), or the PostgreSQL log at a postgresql:// URL."""
+        if event_store in (None, "", "sqlite"):
+            return cls.open_sqlite(data_dir)
+        assert event_store is not None
+        if is_postgres_url(event_store):
+            return cls.open_postgres(event_store)
+        raise ConfigError(
+            f"event_store must be 'sqlite' or a postgresql:// URL, not {redact(event_store)!r}"
+        )
+
+    @classmethod
+    def open_postgres(cls, url: str) -> EventsourcingLog:
+        env = postgres_env(url)
+        try:
+            with prepare(url):
+                app = PrunelogApplication(env=env)
+        except EventLogError:
+            raise  # prepare's own clear message (an EventLogUnreachableError is an OSError)
+        except (PersistenceError, OSError) as exc:
+            kind = EventLogUnreachableError if isinstance(exc, OperationalError) else EventLogError
+            raise kind(
+                f"cannot open the PostgreSQL event log at {redact(url)}: {_first_line(exc)}"
+            ) from None
+        channel = getattr(app.recorder, "channel_name", "prunelog_events")
+        return cls(app, where=redact(url), listener=Listener(url, channel))
+
+    def wait(self, after: int, timeout: float) -> bool:
+        """Blocks until the log's head passes `after` or `timeout` seconds pass (PositionedLog
+        port). PostgreSQL wakes on NOTIFY; SQLite polls the head."""
+        deadline = time.monotonic() + timeout
+        if self.head() > after:
+            return True
+        if self._listener is not None:
+            self._listener.wait(timeout)
+            return self.head() > after
+        while time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            if self.head() > after:
+                return True
+        return False
 
     @classmethod
     def open_sqlite(cls, data_dir: Path) -> EventsourcingLog:
@@ -97,7 +151,7 @@ class EventsourcingLog:
         db = data_dir / EVENTS_FILE
         _check_sqlite_file(db)
         try:
-            return cls(PrunelogApplication(env=sqlite_env(db)))
+            return cls(PrunelogApplication(env=sqlite_env(db)), where=str(db))
         except PersistenceError as exc:
             raise EventLogError(f"cannot open event log {db}: {exc}") from None
 
@@ -112,7 +166,7 @@ class EventsourcingLog:
         except MapperDeserialisationError as exc:
             raise CorruptEventError(f"corrupt event in the log: {exc}") from None
         except PersistenceError as exc:
-            raise EventLogError(f"cannot read the event log: {exc}") from None
+            raise _log_error("cannot read the event log", exc) from None
         if not isinstance(agg, cls):
             raise EventLogError(f"aggregate {aggregate_id} is a {type(agg).__name__}, not {cls}")
         return agg
@@ -129,7 +183,7 @@ class EventsourcingLog:
         except PersistenceError as exc:
             for agg in aggregates:
                 self._evict(agg.id)
-            raise EventLogError(f"cannot append to the event log: {exc}") from None
+            raise _log_error("cannot append to the event log", exc) from None
 
     def _evict(self, aggregate_id: UUID) -> None:
         cache = self.app.repository.cache
@@ -143,7 +197,7 @@ class EventsourcingLog:
             try:
                 page = self.app.recorder.select_notifications(start=start, limit=1000)
             except PersistenceError as exc:
-                raise EventLogError(f"cannot read the event log: {exc}") from None
+                raise _log_error("cannot read the event log", exc) from None
             if not page:
                 return
             for n in page:
@@ -160,7 +214,7 @@ class EventsourcingLog:
         try:
             page = self.app.recorder.select_notifications(start=start, limit=limit)
         except PersistenceError as exc:
-            raise EventLogError(f"cannot read the event log: {exc}") from None
+            raise _log_error("cannot read the event log", exc) from None
         out = []
         for n in page:
             try:
@@ -171,9 +225,14 @@ class EventsourcingLog:
         return out
 
     def head(self) -> int:
-        return int(self.app.recorder.max_notification_id() or 0)
+        try:
+            return int(self.app.recorder.max_notification_id() or 0)
+        except PersistenceError as exc:
+            raise _log_error("cannot read the event log", exc) from None
 
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         self.app.close()
 
     def __enter__(self) -> EventsourcingLog:
@@ -181,6 +240,21 @@ class EventsourcingLog:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _log_error(action: str, exc: PersistenceError) -> EventLogError:
+    """A lost connection or a busy/unreachable server may pass (EventLogUnreachableError, which
+    `run` waits out); anything else will not."""
+    kind = (
+        EventLogUnreachableError
+        if isinstance(exc, OperationalError | InterfaceError)
+        else EventLogError
+    )
+    return kind(f"{action}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _check_sqlite_file(db: Path) -> None:

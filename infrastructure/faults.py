@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -99,10 +99,12 @@ class FaultyNodeStore:
         self._marking = False
         return self.inner.expired_roots(below_order)
 
-    def fetch(self, hashes: list[bytes]) -> list[NodeRecord]:
+    def fetch(
+        self, hashes: list[bytes], skip_data: Container[int] = frozenset()
+    ) -> list[NodeRecord]:
         if self._marking:
             self.trigger.reached("build_reach")
-        return self.inner.fetch(hashes)
+        return self.inner.fetch(hashes, skip_data)
 
     def children(self, data: bytes) -> list[bytes]:
         return self.inner.children(data)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from domain.config import RecoveryConfig
-from domain.health import HealthMonitor, HealthStatus
+from domain.health import STOPPED_ON_REQUEST, HealthMonitor, HealthStatus
 from domain.manager import AtomicSnapshotManager
 from domain.phases import PrunePhase
 
@@ -102,7 +102,8 @@ class PrunerMetrics:
             if kind == "PruneCycle.RecoveryExhausted":
                 self.exhausted.inc()
         elif kind == "PruneCycle.PhaseFailed":
-            self.errors.labels(event.phase, event.error_type).inc()
+            if event.error_type != STOPPED_ON_REQUEST:
+                self.errors.labels(event.phase, event.error_type).inc()
         elif kind == "PruneCycle.RetryScheduled":
             self.recovery_attempts.labels("retry").inc()
         elif kind == "PruneCycle.RolledBack":

@@ -1,7 +1,9 @@
-"""The composition root: wires the ports to their SQLite adapters for one data directory."""
+"""The composition root: wires the ports to their adapters for one data directory (and, if
+configured, a shared PostgreSQL event log)."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from projections.models import ALL, HealthProjection
 from projections.runner import ProjectionRunner
 
 PROJECTIONS_FILE = "projections.sqlite"
+EVENT_STORE_ENV = "PRUNELOG_EVENT_STORE"
 
 
 @dataclass
@@ -32,6 +35,12 @@ class Settings:
     snapshot: SnapshotManagerConfig = field(default_factory=SnapshotManagerConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    # None/"sqlite": events.sqlite in data_dir; or a postgresql:// URL shared by many nodes.
+    event_store: str | None = None
+
+    def resolved_event_store(self) -> str | None:
+        """PRUNELOG_EVENT_STORE, when set, wins over the config file."""
+        return os.environ.get(EVENT_STORE_ENV) or self.event_store
 
 
 class Runtime:
@@ -49,7 +58,7 @@ class Runtime:
         self._projections: ProjectionRunner | None = None
         data_dir = ensure_data_dir(settings.data_dir)
         self.state_path = data_dir / STATE_FILE
-        self.log = EventsourcingLog.open_sqlite(data_dir)
+        self.log = EventsourcingLog.open(data_dir, settings.resolved_event_store())
         self.chain = SqliteChainState(self.state_path)
         self.nodes = SqliteNodeStore(self.state_path)
         self.reach_store = FileReachStore(data_dir / "reach")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+from collections.abc import Container
 from itertools import starmap
 from pathlib import Path
 
@@ -13,14 +14,29 @@ import msgpack
 from pyroaring import BitMap
 
 from domain.errors import ReachSetCorruptError
-from domain.ports import JournalEntry, NodeRecord, ReachSet
+from domain.ports import DeletedNodes, JournalEntry, NodeRecord, ReachSet
 from infrastructure import smt
 
 JOURNAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweep_journal (batch_key TEXT PRIMARY KEY, cycle_no INTEGER NOT NULL,
     snapshot_id INTEGER NOT NULL, phase TEXT NOT NULL, batch_no INTEGER NOT NULL,
-    deleted BLOB NOT NULL, logged INTEGER NOT NULL DEFAULT 0);
+    deleted BLOB NOT NULL, logged INTEGER NOT NULL DEFAULT 0, row_ids BLOB);
 """
+# A journal table made before the row_ids column gets it (NULL: "not recorded").
+_JOURNAL_ROW_IDS = "ALTER TABLE sweep_journal ADD COLUMN row_ids BLOB"
+
+
+def ensure_journal(conn: sqlite3.Connection) -> None:
+    conn.executescript(JOURNAL_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(sweep_journal)")}
+    if "row_ids" not in columns:
+        try:
+            conn.execute(_JOURNAL_ROW_IDS)
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
+
+
 # Ids or hashes per statement: one FETCH_BATCH (512) in one lookup; with the guarded DELETE's
 # extra parameter it stays within the 999 bound parameters of SQLite before 3.32.
 _CHUNK = 998
@@ -58,7 +74,7 @@ class SqliteNodeStore:
         self.path = str(path)
         self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         tune_connection(self.conn)
-        self.conn.executescript(JOURNAL_SCHEMA)
+        ensure_journal(self.conn)
         self._genesis: bytes | None = None
 
     def close(self) -> None:
@@ -87,17 +103,37 @@ class SqliteNodeStore:
 
     # --- nodes ---------------------------------------------------------------------------
 
-    def fetch(self, hashes: list[bytes]) -> list[NodeRecord]:
+    def fetch(
+        self, hashes: list[bytes], skip_data: Container[int] = frozenset()
+    ) -> list[NodeRecord]:
         out: list[NodeRecord] = []
         execute = self.conn.execute
         for i in range(0, len(hashes), _CHUNK):
             chunk = hashes[i : i + _CHUNK]
-            sql = f"SELECT hash, id, data FROM nodes WHERE hash IN ({','.join('?' * len(chunk))})"
-            out.extend(starmap(NodeRecord, execute(sql, chunk)))
+            marks = ",".join("?" * len(chunk))
+            if not skip_data:
+                sql = f"SELECT hash, id, data FROM nodes WHERE hash IN ({marks})"
+                out.extend(starmap(NodeRecord, execute(sql, chunk)))
+                continue
+            # Ids from the covering hash index first; then only the rows still wanted are
+            # read, by row id. No slower than one lookup that reads every row (measured).
+            sql = f"SELECT hash, id FROM nodes WHERE hash IN ({marks})"
+            found: list[tuple[bytes, int]] = execute(sql, chunk).fetchall()
+            wanted = [row_id for _, row_id in found if row_id not in skip_data]
+            data: dict[int, bytes] = {}
+            if wanted:
+                sql = f"SELECT id, data FROM nodes WHERE id IN ({','.join('?' * len(wanted))})"
+                data = dict(execute(sql, wanted).fetchall())
+            for h, row_id in found:
+                if row_id in data:
+                    out.append(NodeRecord(h, row_id, data[row_id]))
+                elif row_id in skip_data:
+                    out.append(NodeRecord(h, row_id, b""))
+                # else: deleted between the two reads; left out like a missing node
         return out
 
-    def children(self, data: bytes) -> list[bytes]:
-        return smt.children(data)
+    # The walk calls this once per node: the codec itself, with no wrapper call around it.
+    children = staticmethod(smt.children)
 
     def delete_guarded(
         self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]
@@ -120,9 +156,9 @@ class SqliteNodeStore:
         journal: JournalEntry,
         stale: list[tuple[int, bytes]],
         swept: list[int],
-    ) -> list[tuple[bytes, int]]:
+    ) -> DeletedNodes:
         c = self.conn
-        deleted: list[tuple[bytes, int]] = []
+        deleted = DeletedNodes()
         c.execute("BEGIN IMMEDIATE")
         try:
             for i in range(0, len(row_ids), _CHUNK):
@@ -134,27 +170,30 @@ class SqliteNodeStore:
                 # transaction (no writer can commit in between): measurably cheaper than
                 # DELETE ... RETURNING, which costs ~8 us more CPU per row.
                 rows = c.execute(
-                    f"SELECT hash, length(hash) + length(data) FROM nodes WHERE {where}", params
+                    f"SELECT id, hash, length(hash) + length(data) FROM nodes WHERE {where}",
+                    params,
                 ).fetchall()
                 removed = c.execute(f"DELETE FROM nodes WHERE {where}", params).rowcount
                 if removed != len(rows):
                     raise sqlite3.DatabaseError(
                         f"guarded delete removed {removed} rows, expected {len(rows)}"
                     )
-                deleted.extend(rows)
-            c.executemany("DELETE FROM stale WHERE stale_order = ? AND hash = ?", stale)
+                deleted.extend((h, n) for _, h, n in rows)
+                deleted.row_ids.extend(i for i, _, _ in rows)
+            self._consume_stale(stale)
             c.executemany("UPDATE roots SET swept = 1 WHERE tx_order = ?", [(o,) for o in swept])
             if deleted:
                 c.execute(
                     "INSERT INTO sweep_journal(batch_key, cycle_no, snapshot_id, phase, "
-                    "batch_no, deleted) VALUES (?, ?, ?, ?, ?, ?)",
+                    "batch_no, deleted, row_ids) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         journal.batch_key,
                         journal.cycle_no,
                         journal.snapshot_id,
                         journal.phase,
                         journal.batch_no,
-                        msgpack.packb(deleted, use_bin_type=True),
+                        msgpack.packb(list(deleted), use_bin_type=True),
+                        msgpack.packb(deleted.row_ids),
                     ),
                 )
             c.execute("COMMIT")
@@ -163,10 +202,27 @@ class SqliteNodeStore:
             raise
         return deleted
 
+    def _consume_stale(self, entries: list[tuple[int, bytes]]) -> None:
+        """Deletes the stale rows of a batch. A batch from `stale_entries` is a prefix of the
+        table in key order: one range delete (measured ~20 s less over 1M rows than a
+        DELETE per row), after checking that the range holds exactly the batch (read in the
+        same write transaction). Anything else is deleted row by row."""
+        if not entries:
+            return
+        c = self.conn
+        first, last = min(entries), max(entries)
+        where = "WHERE (stale_order, hash) >= (?, ?) AND (stale_order, hash) <= (?, ?)"
+        bounds = (*first, *last)
+        in_range = c.execute(f"SELECT stale_order, hash FROM stale {where}", bounds).fetchall()
+        if set(in_range) == set(entries):
+            c.execute(f"DELETE FROM stale {where}", bounds)
+        else:
+            c.executemany("DELETE FROM stale WHERE stale_order = ? AND hash = ?", entries)
+
     def stale_entries(self, up_to_order: int, limit: int) -> list[tuple[int, bytes]]:
         rows = self.conn.execute(
             "SELECT stale_order, hash FROM stale WHERE stale_order <= ? "
-            "ORDER BY stale_order LIMIT ?",
+            "ORDER BY stale_order, hash LIMIT ?",
             (up_to_order, limit),
         ).fetchall()
         return [(int(o), bytes(h)) for o, h in rows]
@@ -175,7 +231,7 @@ class SqliteNodeStore:
 
     def unlogged_journal(self) -> list[JournalEntry]:
         rows = self.conn.execute(
-            "SELECT batch_key, cycle_no, snapshot_id, phase, batch_no, deleted "
+            "SELECT batch_key, cycle_no, snapshot_id, phase, batch_no, deleted, row_ids "
             "FROM sweep_journal WHERE logged = 0 ORDER BY rowid"
         ).fetchall()
         return [
@@ -186,8 +242,9 @@ class SqliteNodeStore:
                 str(p),
                 int(b),
                 [(bytes(h), int(n)) for h, n in msgpack.unpackb(d)],
+                [] if ids is None else [int(i) for i in msgpack.unpackb(ids)],
             )
-            for k, c, s, p, b, d in rows
+            for k, c, s, p, b, d, ids in rows
         ]
 
     def mark_journal_logged(self, batch_key: str) -> None:

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from datetime import datetime
 from typing import Any, ClassVar
+from uuid import UUID
 
 from domain.config import RecoveryConfig
 from domain.health import HealthMonitor
@@ -24,6 +25,8 @@ class Projection:
     tables: ClassVar[tuple[str, ...]]
     # columns that order rows for comparisons (every table has a total order)
     order_by: ClassVar[dict[str, str]]
+    # secondary indexes (created by `ddl`) that only queries need, not the handlers
+    deferred_indexes: ClassVar[tuple[str, ...]] = ()
 
     def create(self, db: sqlite3.Connection) -> None:
         for statement in self.ddl:
@@ -32,6 +35,12 @@ class Projection:
     def drop(self, db: sqlite3.Connection) -> None:
         for table in self.tables:
             db.execute(f"DROP TABLE IF EXISTS {table}")
+
+    def defer_indexes(self, db: sqlite3.Connection) -> None:
+        """A replay from scratch drops these secondary indexes; `create` builds them again
+        at the end, from sorted rows, instead of one random insert per row."""
+        for index in self.deferred_indexes:
+            db.execute(f"DROP INDEX IF EXISTS {index}")
 
     def begin(self, db: sqlite3.Connection) -> None:
         """Called inside the batch's transaction, before its events."""
@@ -50,12 +59,13 @@ class Projection:
 
 class LocksProjection(Projection):
     name = "locks"
+    version = 2  # 2: timeout_ms, so PhaseLock.Renewed can move expires_at
     tables = ("locks",)
     order_by: ClassVar[dict[str, str]] = {"locks": "grp"}
     ddl = (
         "CREATE TABLE IF NOT EXISTS locks (grp TEXT PRIMARY KEY, owner TEXT, phase TEXT, "
         "snapshot_id INTEGER, since TEXT, expires_at TEXT, takeovers INTEGER NOT NULL DEFAULT 0, "
-        "position INTEGER NOT NULL)",
+        "position INTEGER NOT NULL, timeout_ms INTEGER)",
     )
 
     def on_PhaseLock_Created(self, db: sqlite3.Connection, pos: int, e: Any) -> None:
@@ -69,9 +79,33 @@ class LocksProjection(Projection):
 
         expires = e.at + timedelta(milliseconds=e.timeout_ms)
         db.execute(
-            "UPDATE locks SET owner=?, phase=?, snapshot_id=?, since=?, expires_at=?, position=? "
+            "UPDATE locks SET owner=?, phase=?, snapshot_id=?, since=?, expires_at=?, position=?, "
+            "timeout_ms=? WHERE grp = (SELECT grp FROM lock_ids WHERE id = ?)",
+            (
+                e.owner,
+                e.phase,
+                e.snapshot_id,
+                _ts(e.at),
+                _ts(expires),
+                pos,
+                e.timeout_ms,
+                str(e.originator_id),
+            ),
+        )
+
+    def on_PhaseLock_Renewed(self, db: sqlite3.Connection, pos: int, e: Any) -> None:
+        from datetime import timedelta
+
+        lock_id = str(e.originator_id)
+        row = db.execute(
+            "SELECT timeout_ms FROM locks WHERE grp = (SELECT grp FROM lock_ids WHERE id = ?)",
+            (lock_id,),
+        ).fetchone()
+        expires = e.at + timedelta(milliseconds=row[0] if row and row[0] else 0)
+        db.execute(
+            "UPDATE locks SET expires_at = ?, position = ? "
             "WHERE grp = (SELECT grp FROM lock_ids WHERE id = ?)",
-            (e.owner, e.phase, e.snapshot_id, _ts(e.at), _ts(expires), pos, str(e.originator_id)),
+            (_ts(expires), pos, lock_id),
         )
 
     def _free(self, db: sqlite3.Connection, pos: int, e: Any, takeover: int) -> None:
@@ -153,6 +187,7 @@ class AuditProjection(Projection):
         "audit": "node_hash, batch_ref",
         "audit_batches": "batch_ref",
     }
+    deferred_indexes = ("audit_by_hash",)
     ddl = (
         "CREATE TABLE IF NOT EXISTS audit_batches (batch_ref INTEGER PRIMARY KEY, grp TEXT, "
         "cycle_no INTEGER, snapshot_id INTEGER, phase TEXT, batch_no INTEGER, at TEXT)",
@@ -301,12 +336,23 @@ def register_ids(db: sqlite3.Connection, event: Any) -> None:
         )
 
 
+# A cycle's id is derived from (group, cycle_no), so this mapping is a fact of the log, true
+# in every database and after any rollback: safe to remember across transactions.
+_CYCLE_IDS: dict[UUID, tuple[str, int]] = {}
+
+
 def _cycle_of(db: sqlite3.Connection, e: Any) -> tuple[str, int]:
+    known = _CYCLE_IDS.get(e.originator_id)
+    if known is not None:
+        return known
     row = db.execute("SELECT grp, cycle_no FROM cycle_ids WHERE id = ?", (str(e.originator_id),))
     found = row.fetchone()
     if found is None:
         raise LookupError(f"event for unknown cycle {e.originator_id}")
-    return str(found[0]), int(found[1])
+    if len(_CYCLE_IDS) > 100_000:
+        _CYCLE_IDS.clear()
+    _CYCLE_IDS[e.originator_id] = (str(found[0]), int(found[1]))
+    return _CYCLE_IDS[e.originator_id]
 
 
 def _iso(value: Any) -> Any:

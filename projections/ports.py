@@ -13,3 +13,7 @@ class PositionedLog(Protocol):
     def head(self) -> int:
         """The position of the newest event (0 for an empty log)."""
         ...
+
+    def wait(self, after: int, timeout: float) -> bool:
+        """Blocks until the head passes `after` (True) or `timeout` seconds pass (False)."""
+        ...

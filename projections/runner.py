@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,22 +56,33 @@ class ProjectionRunner:
 
     def _setup(self, db: sqlite3.Connection) -> None:
         sdb = sqlite_utils.Database(db)
-        sdb.table("tracking").create({"name": str, "position": int}, pk="name", if_not_exists=True)
-        sdb.table("schema").create({"name": str, "version": int}, pk="name", if_not_exists=True)
-        for statement in CYCLE_IDS_DDL:
-            db.execute(statement)
-        for p in self.projections.values():
-            row = db.execute("SELECT version FROM schema WHERE name=?", (p.name,)).fetchone()
-            # No schema row but a tracked position: tables from before versions were kept.
-            stored = row[0] if row is not None else (1 if self.position(p.name, db) else p.version)
-            if stored != p.version:
-                # Tables from another version of prunelog: start this projection over.
-                db.execute("BEGIN IMMEDIATE")
-                p.drop(db)
-                db.execute("DELETE FROM tracking WHERE name=?", (p.name,))
-                db.execute("COMMIT")
-            p.create(db)
-            db.execute("INSERT OR REPLACE INTO schema VALUES (?, ?)", (p.name, p.version))
+        # One write transaction, taken up front: processes that open a fresh file at once
+        # (several nodes starting on one data dir) wait for each other instead of failing
+        # "database is locked" when a read of the schema turns into a write.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            sdb.table("tracking").create(
+                {"name": str, "position": int}, pk="name", if_not_exists=True
+            )
+            sdb.table("schema").create({"name": str, "version": int}, pk="name", if_not_exists=True)
+            for statement in CYCLE_IDS_DDL:
+                db.execute(statement)
+            for p in self.projections.values():
+                row = db.execute("SELECT version FROM schema WHERE name=?", (p.name,)).fetchone()
+                # No schema row but a tracked position: tables from before versions were kept.
+                stored = (
+                    row[0] if row is not None else (1 if self.position(p.name, db) else p.version)
+                )
+                if stored != p.version:
+                    # Tables from another version of prunelog: start this projection over.
+                    p.drop(db)
+                    db.execute("DELETE FROM tracking WHERE name=?", (p.name,))
+                p.create(db)
+                db.execute("INSERT OR REPLACE INTO schema VALUES (?, ?)", (p.name, p.version))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -135,6 +147,22 @@ class ProjectionRunner:
                 on_batch("all", pos, head)
         return applied
 
+    def follow(
+        self,
+        should_stop: Callable[[], bool],
+        *,
+        wait_s: float = 1.0,
+        on_batch: Callable[[str, int, int], None] | None = None,
+    ) -> int:
+        """Keeps every projection caught up until `should_stop()`: wakes when the log grows
+        (LISTEN/NOTIFY on PostgreSQL, polling on SQLite). Returns events applied."""
+        total = 0
+        while not should_stop():
+            total += max(self.catch_up(on_batch=on_batch).values(), default=0)
+            behind = min((self.position(n) for n in self.projections), default=0)
+            self.source.wait(behind, wait_s)
+        return total
+
     def rebuild(self, names: Iterable[str] | None = None) -> dict[str, int]:
         """Drops each projection's tables and replays the whole log into them."""
         chosen = list(names or self.projections)
@@ -144,8 +172,13 @@ class ProjectionRunner:
             p.drop(self.db)
             self.db.execute("DELETE FROM tracking WHERE name=?", (name,))
             p.create(self.db)
+            p.defer_indexes(self.db)
             self.db.execute("COMMIT")
-        return self.catch_up(chosen)
+        try:
+            return self.catch_up(chosen)
+        finally:
+            for name in chosen:  # build each deferred index once, from sorted rows
+                self._get(name).create(self.db)
 
     def digest(self, name: str, db: sqlite3.Connection | None = None) -> str:
         """A fingerprint of a projection's rows, for comparison with a fresh rebuild."""
@@ -166,6 +199,7 @@ class ProjectionRunner:
             scratch.path, scratch.source, scratch.db = ":memory:", self.source, fresh
             scratch.projections = {name: self._get(name)}
             scratch._setup(fresh)
+            self._get(name).defer_indexes(fresh)
             scratch.catch_up([name], until=pos)
             return scratch.digest(name) == self.digest(name)
         finally:
@@ -193,9 +227,22 @@ def _connect(path: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, timeout=30)
     db.row_factory = sqlite3.Row
     if path != ":memory:":
-        db.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(db)
         db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+def _switch_to_wal(db: sqlite3.Connection, attempts: int = 50) -> None:
+    """Turning a fresh file to WAL needs it exclusively, and SQLite answers "database is
+    locked" at once (no busy wait) when another process opens it at the same moment."""
+    for attempt in range(attempts):
+        try:
+            db.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
 
 
 def _table_exists(db: sqlite3.Connection, table: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,14 +17,30 @@ from infrastructure.eventlog import EventsourcingLog, PrunelogApplication
 from infrastructure.hashing import integrity_hash
 from tests.fakes import FakeChain
 
-BACKENDS = ("sqlite", "memory")
+BACKENDS = ("sqlite", "postgresql", "memory")
+# Set by .ci/with-postgres (make test, .ci/run): the URL of a throwaway server.
+POSTGRES_ENV = "PRUNELOG_TEST_POSTGRES"
 
 MakeManager = Callable[..., AtomicSnapshotManager]
 
 
-def open_log(backend: str, data_dir: Path) -> EventsourcingLog:
+def postgres_url(schema: str | None = None) -> str:
+    """The test server's URL, with a schema of its own for one test; skips the test when no
+    server is configured (`make test` always starts one; CI fails instead of skipping)."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        if os.environ.get("PRUNELOG_REQUIRE_POSTGRES"):
+            pytest.fail(f"{POSTGRES_ENV} is not set but PRUNELOG_REQUIRE_POSTGRES is")
+        pytest.skip(f"no PostgreSQL: run under .ci/with-postgres (make test) to set {POSTGRES_ENV}")
+    name = schema or f"t_{uuid.uuid4().hex[:16]}"
+    return f"{url}?schema={name}"
+
+
+def open_log(backend: str, data_dir: Path, url: str | None = None) -> EventsourcingLog:
     if backend == "sqlite":
         return EventsourcingLog.open_sqlite(data_dir)
+    if backend == "postgresql":
+        return EventsourcingLog.open_postgres(url or postgres_url())
     if backend == "memory":
         return EventsourcingLog(
             PrunelogApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,9 +211,11 @@ class HookedNodeStore:
         self._enter("expired_roots")
         return [] if self.hide_expired_roots else self.inner.expired_roots(below_order)
 
-    def fetch(self, hashes: list[bytes]) -> list[NodeRecord]:
+    def fetch(
+        self, hashes: list[bytes], skip_data: Container[int] = frozenset()
+    ) -> list[NodeRecord]:
         self._enter("fetch")
-        return self.inner.fetch(hashes)
+        return self.inner.fetch(hashes, skip_data)
 
     def children(self, data: bytes) -> list[bytes]:
         return self.inner.children(data)

@@ -188,6 +188,14 @@ class LogFold:
                     f"{holder.phase} (expires {holder.expires_at})"
                 )
             self.holders[group] = LockHolder(e.owner, e.phase, e.at, e.timeout_ms)
+        elif kind == "PhaseLock.Renewed":
+            if holder is None or holder.owner != e.owner:
+                held = "nobody" if holder is None else holder.owner
+                self.lock.append(f"{e.owner} renewed a lock held by {held}")
+            elif e.at >= holder.expires_at:
+                self.lock.append(f"{e.owner} renewed its lock at {e.at}, after it expired")
+            else:
+                self.holders[group] = LockHolder(e.owner, holder.phase, e.at, holder.timeout_ms)
         elif kind == "PhaseLock.Released":
             if holder is None or holder.owner != e.owner:
                 held = "nobody" if holder is None else holder.owner

@@ -4,7 +4,7 @@ raise armed faults, so that the machine's steps land between two pruner steps.""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import TypeVar
 from uuid import UUID
 
@@ -85,9 +85,11 @@ class SteppingNodeStore:
         self._done(spec)
         return out
 
-    def fetch(self, hashes: list[bytes]) -> list[NodeRecord]:
+    def fetch(
+        self, hashes: list[bytes], skip_data: Container[int] = frozenset()
+    ) -> list[NodeRecord]:
         spec = self._fault("fetch")
-        out = self.inner.fetch(hashes)
+        out = self.inner.fetch(hashes, skip_data)
         self._done(spec)
         return out
 

@@ -306,6 +306,43 @@ def test_a_second_owner_is_refused_before_the_timeout_and_takes_over_after_it(
         first.release_snapshot(BR)
 
 
+def test_a_holder_that_renews_its_lock_is_not_taken_over_at_the_original_expiry(
+    make_manager: MakeManager, log: EventsourcingLog, clock: ManualClock
+) -> None:
+    first, second = make_manager("node-a"), make_manager("node-b")
+    first.create_snapshot(BR)
+    clock.advance(ms=DEFAULTS.lock_timeout_ms // 2 - 1)
+    head = log.head()
+    assert first.renew_lock(BR) is False  # not due yet: nothing appended
+    assert log.head() == head
+    clock.advance(ms=1)
+    assert first.renew_lock(BR) is True
+    assert logged_events(log)[-1].topic == "prunelog:PhaseLock.Renewed"
+
+    clock.advance(ms=DEFAULTS.lock_timeout_ms // 2 + 1)  # past the first expiry
+    with pytest.raises(LockContendedError):
+        second.lock_snapshot(SE)
+    clock.advance(ms=DEFAULTS.lock_timeout_ms)
+    assert second.lock_snapshot(SE).snapshot_id == 1  # silent too long: taken over
+
+
+def test_only_the_holder_can_renew_and_an_expired_lock_cannot_be_renewed(
+    make_manager: MakeManager, log: EventsourcingLog, clock: ManualClock
+) -> None:
+    first, second = make_manager("node-a"), make_manager("node-b")
+    first.create_snapshot(BR)
+    clock.advance(ms=DEFAULTS.lock_timeout_ms // 2)
+    head = log.head()
+    with pytest.raises(LockNotHeldError, match="node-b cannot renew"):
+        second.renew_lock(BR)
+    with pytest.raises(LockNotHeldError):
+        first.renew_lock(SE)
+    clock.advance(ms=DEFAULTS.lock_timeout_ms)
+    with pytest.raises(LockNotHeldError, match="expired"):
+        first.renew_lock(BR)
+    assert log.head() == head
+
+
 def test_expire_stale_lock_frees_a_lock_only_after_its_timeout(
     make_manager: MakeManager, log: EventsourcingLog, clock: ManualClock
 ) -> None:

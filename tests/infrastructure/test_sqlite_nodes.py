@@ -12,7 +12,7 @@ import pytest
 from pyroaring import BitMap
 
 from domain.errors import ReachSetCorruptError
-from domain.ports import JournalEntry
+from domain.ports import JournalEntry, row_ids_of
 from infrastructure import smt
 from infrastructure.sqlite_nodes import FileReachStore, SqliteNodeStore
 from infrastructure.state_store import SqliteStateStore
@@ -87,8 +87,11 @@ def test_a_guarded_delete_keeps_rows_written_after_max_order_and_journals_exactl
     assert stored_hashes(store.connection) == newer
     # What a batch frees is the hash and the data of each row it deleted.
     assert all(n == len(h) + len(before[h][2]) for h, n in deleted)
+    # ...and the row ids of the same nodes, pair by pair (the reach set's unit).
+    row_ids = row_ids_of(deleted)
+    assert [before[h][0] for h, _ in deleted] == row_ids
     (journaled,) = nodes.unlogged_journal()
-    assert journaled == JournalEntry("default/1/7", 1, 1, "SweepExpired", 7, deleted)
+    assert journaled == JournalEntry("default/1/7", 1, 1, "SweepExpired", 7, deleted, row_ids)
 
 
 def test_a_node_re_stamped_after_its_row_id_was_chosen_is_kept_by_the_guard(
@@ -204,6 +207,21 @@ def test_sweep_stale_consumes_every_entry_it_is_given_and_no_other(
     assert set(nodes.stale_entries(10**9, 1_000)) == later
     assert kept_hash in stored_hashes(store.connection)
     assert {h for h, _ in deleted} == {h for _, h in entries if h != kept_hash and h in rows}
+
+
+def test_sweep_stale_given_entries_with_gaps_consumes_only_those_entries(
+    store: SqliteStateStore, nodes: SqliteNodeStore
+) -> None:
+    store.commit_tx({b"genesis": b"g"}, chain_timestamp=0)
+    for i in range(1, 8):
+        store.commit_tx({b"k": b"v%d" % i, b"j": b"w%d" % i}, chain_timestamp=i)
+    everything = nodes.stale_entries(10**9, 1_000)
+    assert len(everything) >= 6
+    chosen = everything[::2]  # not a prefix: a range delete would take the ones between
+
+    nodes.sweep_stale(chosen, [], 0, entry())
+
+    assert nodes.stale_entries(10**9, 1_000) == everything[1::2]
 
 
 def test_stale_entries_come_oldest_first_and_stop_at_the_limit_and_the_order(

@@ -1,0 +1,324 @@
+"""The work inside the three phases: BuildReach's walk, the two sweeps, and the journaled,
+guarded delete every batch goes through. `Pruner` (domain/pruning.py) runs them in order on
+one snapshot; this mixin holds what each phase does.
+
+Safety (DESIGN.md): BuildReach marks every node any retained root reaches, exactly; a sweep
+deletes only unmarked nodes, and the store's DELETE re-checks written_order <= S.latest_order
+inside the deleting transaction, so a hash that a writer put back after S survives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from domain.config import PruneConfig
+from domain.cycle import PruneCycle, cycle_uuid
+from domain.errors import (
+    LockNotHeldError,
+    MissingNodeError,
+    PrunerStoppedError,
+    ReachSetCorruptError,
+    SnapshotMismatchError,
+)
+from domain.manager import AtomicSnapshotManager
+from domain.phases import PrunePhase
+from domain.ports import (
+    ALL_ROWS,
+    EventLog,
+    JournalEntry,
+    NodeStorePort,
+    Progress,
+    ReachSet,
+    ReachStorePort,
+    row_ids_of,
+)
+from domain.snapshot import AtomicSnapshot, Snapshot, snapshot_uuid
+
+FETCH_BATCH = 512
+# A walk remembers the hashes it has queued, so a node shared by many parents (most of them:
+# consecutive roots share all but a path) is looked up once, not once per parent. Exact, so a
+# skip never loses a node; when the set reaches the cap (~100 bytes a hash) it starts over,
+# which only costs repeat lookups. The reach set itself stays a bitmap of row ids.
+QUEUED_HASHES_CAP = 4_000_000
+
+
+@dataclass
+class PhaseStats:
+    visited: int = 0
+    deleted: int = 0
+    bytes_freed: int = 0
+    kept_by_guard: int = 0
+    roots: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items()}
+
+
+@dataclass
+class CycleReport:
+    cycle_no: int
+    snapshot_id: int
+    latest_order: int
+    reach_count: int = 0
+    reach_digest: str = ""
+    phases: dict[str, PhaseStats] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Either:
+    """Membership in either of two sets, without building their union."""
+
+    first: ReachSet
+    second: set[int]
+
+    def __contains__(self, row_id: object) -> bool:
+        return row_id in self.first or row_id in self.second
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class PhaseWork:
+    """The phases' bodies; state and wiring come from Pruner.__init__."""
+
+    manager: AtomicSnapshotManager
+    log: EventLog
+    nodes: NodeStorePort
+    reach_store: ReachStorePort
+    config: PruneConfig
+    progress: Progress
+    should_stop: Callable[[], bool]
+    _reach: ReachSet | None
+    _lock_checked: datetime | None
+    _lock_check_every: timedelta
+
+    def _ensure_holding(self, phase: PrunePhase, snap: AtomicSnapshot) -> None:
+        """Checked before every delete batch: a pruner whose lock was taken over stops."""
+        self.manager.renew_lock(phase)  # raises if the lock is gone; appends only when due
+        lock = self.manager.lock_info()
+        if not lock.holds(self.manager.owner, phase):
+            raise LockNotHeldError(
+                f"{self.manager.owner} lost the {phase.value} lock; "
+                f"held by {lock.describe_holder()}"
+            )
+        if lock.current_snapshot_id != snap.snapshot_id:
+            raise SnapshotMismatchError(
+                f"lock now names snapshot {lock.current_snapshot_id}, cycle uses {snap.snapshot_id}"
+            )
+
+    def _stop_point(self, phase: PrunePhase) -> None:
+        """A place where stopping leaves nothing half done: before a phase, or before a delete
+        batch (the previous batch committed and logged). Inside a phase, the phase's recovery
+        records PhaseFailed (not retried: the error is not transient); run_cycle then frees
+        the lock, and the next run resumes the phase through `_interrupted`."""
+        if self.should_stop():
+            raise PrunerStoppedError(f"stopped on request before the next step of {phase.value}")
+
+    def _now(self) -> datetime:
+        return self.manager.clock.now()
+
+    def _cycle(self, snap: AtomicSnapshot) -> PruneCycle:
+        return self.log.get(cycle_uuid(snap.group, snap.cycle_no), PruneCycle)
+
+    # --- BuildReach ----------------------------------------------------------------------
+
+    def _build_reach(self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport) -> None:
+        roots = self.nodes.retained_roots(snap.retained_from_order, snap.latest_order)
+        stats.roots = len(roots)
+        reach = self.reach_store.new()
+        self._mark(roots, reach, stats)
+        digest = self.reach_store.save(snap.snapshot_id, reach)
+        snapshot = self.log.get(snapshot_uuid(snap.group, snap.snapshot_id), Snapshot)
+        snapshot.record_reach(len(reach), digest, self.manager.clock.now())
+        self.log.save(snapshot)
+        report.reach_count, report.reach_digest = len(reach), digest
+        self._reach = reach
+
+    def _reach_set(self, snap: AtomicSnapshot) -> ReachSet:
+        """The sweep's mark set: loaded from disk and digest-checked, so a sweep never trusts a
+        truncated or altered file (and a resumed sweep can trust an intact one)."""
+        if not self.manager.config.enable_persistence and self._reach is not None:
+            return self._reach
+        snapshot = self.log.get(snapshot_uuid(snap.group, snap.snapshot_id), Snapshot)
+        if snapshot.reach_digest is None:
+            raise ReachSetCorruptError(f"snapshot {snap.snapshot_id} has no reach set recorded")
+        return self.reach_store.load(snap.snapshot_id, snapshot.reach_digest)
+
+    def _mark(self, roots: list[bytes], reach: ReachSet, stats: PhaseStats) -> None:
+        queued = set(r for r in roots if any(r))  # see QUEUED_HASHES_CAP
+        frontier = list(queued)
+        children = self.nodes.children
+        while frontier:
+            batch = frontier[-FETCH_BATCH:]
+            del frontier[-FETCH_BATCH:]
+            records = self.nodes.fetch(batch)  # `queued` already keeps repeats out
+            if len(records) != len(batch):
+                missing = set(batch) - {r.hash for r in records}
+                raise MissingNodeError(
+                    f"{len(missing)} node(s) reachable from a retained root are missing, "
+                    f"e.g. {next(iter(missing)).hex()}"
+                )
+            if len(queued) > QUEUED_HASHES_CAP:
+                queued.clear()
+            add = reach.add
+            for _, row_id, data in records:  # unpacked: the hot loop of BuildReach
+                if row_id in reach:
+                    continue
+                add(row_id)
+                for child in children(data):
+                    if child not in queued:
+                        queued.add(child)
+                        frontier.append(child)
+            stats.visited = len(reach)
+            self.progress(PrunePhase.BUILD_REACH.value, stats.visited, None)
+            self._keep_lock(PrunePhase.BUILD_REACH)
+            self._stop_point(PrunePhase.BUILD_REACH)  # a walk has nothing to leave half done
+
+    # --- SweepExpired --------------------------------------------------------------------
+
+    def _sweep_expired(self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport) -> None:
+        reach = self._reach_set(snap)
+        expired = self.nodes.expired_roots(snap.retained_from_order)
+        seen: set[int] = set()
+        queued: set[bytes] = set()
+        pending: list[int] = []  # garbage of whole roots, in discovery order
+        pending_roots: list[int] = []
+        for done, (order, root) in enumerate(expired, start=1):
+            pending.extend(self._unmarked_below(root, reach, seen, queued))
+            pending_roots.append(order)
+            if len(pending) >= self.config.delete_batch_size or done == len(expired):
+                self._delete_roots(snap, pending, pending_roots, stats)
+                stats.roots = done
+                self._checkpoint(snap, PrunePhase.SWEEP_EXPIRED, {"swept_through_order": order})
+                pending, pending_roots = [], []
+            self.progress(PrunePhase.SWEEP_EXPIRED.value, done, len(expired))
+        stats.visited = len(seen)
+
+    def _delete_roots(
+        self, snap: AtomicSnapshot, garbage: list[int], orders: list[int], stats: PhaseStats
+    ) -> None:
+        """Deletes in reverse discovery order, so whatever a crash leaves is a prefix of the
+        walk: still reachable from a root that is not yet marked swept (marking happens in
+        the last transaction), and the next cycle walks it again."""
+        garbage.reverse()
+        size = self.config.delete_batch_size
+        chunks = list(_batches(garbage, size)) or [[]]
+        for i, ids in enumerate(chunks):
+            last = i == len(chunks) - 1
+            self._delete(snap, PrunePhase.SWEEP_EXPIRED, ids, stats, swept=orders if last else [])
+
+    def _unmarked_below(
+        self, root: bytes, reach: ReachSet, seen: set[int], queued: set[bytes]
+    ) -> list[int]:
+        """Row ids under `root` that no retained root reaches and that no earlier root of this
+        sweep already collected, parents before children. A hash queued before (`queued`)
+        was decided then: retained, collected, or already gone."""
+        found: list[int] = []
+        frontier = [root] if any(root) and root not in queued else []
+        queued.add(root)
+        skip = _Either(reach, seen)
+        children = self.nodes.children
+        while frontier:
+            batch = frontier[-FETCH_BATCH:]
+            del frontier[-FETCH_BATCH:]
+            if len(queued) > QUEUED_HASHES_CAP:
+                queued.clear()
+            for rec in self.nodes.fetch(batch, skip_data=skip):
+                if rec.row_id in skip:
+                    continue
+                seen.add(rec.row_id)
+                found.append(rec.row_id)
+                for child in children(rec.data):
+                    if child not in queued:
+                        queued.add(child)
+                        frontier.append(child)
+            self._keep_lock(PrunePhase.SWEEP_EXPIRED)
+        return found
+
+    def _keep_lock(self, phase: PrunePhase) -> None:
+        """A long walk renews its lock too; reading the lock costs a query, so only every
+        quarter timeout by this pruner's clock."""
+        now = self._now()
+        if self._lock_checked is None or now - self._lock_checked >= self._lock_check_every:
+            self._lock_checked = now
+            self.manager.renew_lock(phase)
+
+    # --- IncrementalSweep ----------------------------------------------------------------
+
+    def _incremental_sweep(
+        self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport
+    ) -> None:
+        reach = self._reach_set(snap)
+        limit = self.config.delete_batch_size
+        while entries := self.nodes.stale_entries(snap.retained_from_order, limit):
+            hashes = list(dict.fromkeys(h for _, h in entries))
+            records = self.nodes.fetch(hashes, skip_data=ALL_ROWS)
+            ids = [r.row_id for r in records if r.row_id not in reach]
+            stats.visited += len(entries)
+            self._delete(snap, PrunePhase.INCREMENTAL_SWEEP, ids, stats, entries)
+            self.progress(PrunePhase.INCREMENTAL_SWEEP.value, stats.visited, None)
+
+    # --- deletes, journal and audit ------------------------------------------------------
+
+    def _delete(
+        self,
+        snap: AtomicSnapshot,
+        phase: PrunePhase,
+        ids: list[int],
+        stats: PhaseStats,
+        stale: list[tuple[int, bytes]] | None = None,
+        swept: list[int] | None = None,
+    ) -> None:
+        self._stop_point(phase)
+        self._ensure_holding(phase, snap)
+        self.reconcile_journal()  # a batch whose event failed must be logged before the next
+        cycle = self._cycle(snap)
+        batch_no = max(cycle.batches_logged, default=0) + 1
+        entry = JournalEntry(
+            batch_key=f"{snap.group}/{snap.cycle_no}/{batch_no}",
+            cycle_no=snap.cycle_no,
+            snapshot_id=snap.snapshot_id,
+            phase=phase.value,
+            batch_no=batch_no,
+            deleted=[],
+        )
+        if stale is None:
+            deleted = self.nodes.delete_guarded(ids, snap.latest_order, entry, swept or [])
+        else:
+            deleted = self.nodes.sweep_stale(stale, ids, snap.latest_order, entry)
+        stats.kept_by_guard += len(ids) - len(deleted)
+        stats.deleted += len(deleted)
+        stats.bytes_freed += sum(n for _, n in deleted)
+        if deleted:
+            now, row_ids = self.manager.clock.now(), row_ids_of(deleted)
+            cycle.record_batch(phase, snap.snapshot_id, batch_no, deleted, now, row_ids)
+            self.log.save(cycle)
+        self.nodes.mark_journal_logged(entry.batch_key)
+
+    def _checkpoint(self, snap: AtomicSnapshot, phase: PrunePhase, point: dict[str, Any]) -> None:
+        cycle = self._cycle(snap)
+        cycle.progress(phase, point, self.manager.clock.now())
+        self.log.save(cycle)
+
+    def reconcile_journal(self) -> int:
+        """After a crash between a delete and its event: append the missing NodesSwept events,
+        so the audit never lacks a deleted node. Returns how many batches it logged."""
+        logged = 0
+        for entry in self.nodes.unlogged_journal():
+            cycle = self.log.get(cycle_uuid(self.manager.group, entry.cycle_no), PruneCycle)
+            if entry.batch_no not in cycle.batches_logged and entry.deleted:
+                phase, now = PrunePhase(entry.phase), self._now()
+                args = (phase, entry.snapshot_id, entry.batch_no, entry.deleted, now, entry.row_ids)
+                if cycle.accepts_batch(phase, entry.snapshot_id):
+                    cycle.record_batch(*args)
+                else:  # the cycle moved on (failed, rolled back, finished): still audited
+                    cycle.record_recovered_batch(*args)
+                self.log.save(cycle)
+                logged += 1
+            self.nodes.mark_journal_logged(entry.batch_key)
+        return logged
