@@ -27,6 +27,8 @@ from infrastructure import cli_audit, cli_history, cli_views
 from infrastructure.cli_common import Context, console, err
 from infrastructure.config_file import CONFIG_FILE, DEFAULT_TOML, load_settings
 from infrastructure.eventlog import ensure_data_dir
+from infrastructure.logs import LEVELS, LOGGER, log_event
+from infrastructure.logs import configure as configure_logs
 from infrastructure.metrics import MetricsFeeder, PrunerMetrics
 from infrastructure.progress import RichProgress
 from infrastructure.reconnect import open_runtime, wait_for_log
@@ -42,9 +44,21 @@ from projections.runner import ProjectionRunner
     help="Where the event log and state live. [env PRUNELOG_DATA_DIR; default ./prunelog-data]",
 )
 @click.option("--config", default=None, help="Config file. [default <data-dir>/prunelog.toml]")
+@click.option(
+    "--log-level",
+    envvar="PRUNELOG_LOG_LEVEL",
+    type=click.Choice(LEVELS),
+    default="info",
+    show_default=True,
+    help="Logs on stderr: debug traces, info phase transitions, warnings, errors.",
+)
+@click.option("--log-json", is_flag=True, help="Logs as JSON Lines on stderr.")
 @click.pass_context
-def cli(ctx: click.Context, data_dir: str | None, config: str | None) -> None:
+def cli(
+    ctx: click.Context, data_dir: str | None, config: str | None, log_level: str, log_json: bool
+) -> None:
     """prunelog: a runtime state pruner whose every decision is an event."""
+    configure_logs(log_level, log_json)
     ctx.obj = Context(data_dir, config)
 
 
@@ -96,10 +110,10 @@ class _Stop:
     def __call__(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.requested:
-            err.print(f"{name} again: stopping now")
+            LOGGER.warning("%s again: stopping now", name)
             raise KeyboardInterrupt
         self.requested = True
-        err.print(f"{name}: stopping after the current batch (send it again to stop now)")
+        LOGGER.warning("%s: stopping after the current batch (send it again to stop now)", name)
 
 
 @cli.command()
@@ -121,12 +135,12 @@ def run(obj: Context, once: bool, cycles: int, metrics_port: int | None, as_json
     try:
         _run(settings, stop, 1 if once else cycles, metrics_port, as_json)
     except KeyboardInterrupt:
-        err.print("stopped at once; the next run logs any deleted batch and resumes the cycle")
+        LOGGER.error("stopped at once; the next run logs any deleted batch and resumes the cycle")
         sys.exit(130)
     except EventLogUnreachableError:
         if not stop.requested:
             raise
-        err.print("stopped while waiting for the event log")
+        LOGGER.warning("stopped while waiting for the event log")
 
 
 def _say(as_json: bool, record: dict[str, Any], text: str) -> None:
@@ -142,9 +156,10 @@ def _run(
     done = 0
 
     def retry_note(message: str) -> None:
-        err.print(f"[yellow]event log unavailable:[/] {message}")
+        LOGGER.warning("event log unavailable: %s", message)
 
     with open_runtime(settings, lambda: stop.requested, retry_note) as rt:
+        rt.log.observers.append(log_event)
         rt.pruner.should_stop = lambda: stop.requested
         feeder = None
         if metrics_port is not None:
@@ -181,19 +196,19 @@ def _run(
                 try:
                     _watch(runner, stop, settings.prune.interval_s)
                 except EventLogUnreachableError as lost:
-                    err.print(f"[red]watching interrupted:[/] {lost}")
+                    LOGGER.error("watching interrupted: %s", lost)
                     wait_for_log(rt, lambda: stop.requested, retry_note)
                 continue
             except EventLogUnreachableError as exc:
                 # The log's server went away mid-cycle: once it is back, the next cycle logs
                 # the journal's batches and resumes the interrupted phase, through events.
-                err.print(f"[red]cycle interrupted:[/] {exc}")
+                LOGGER.error("cycle interrupted: %s", exc)
                 wait_for_log(rt, lambda: stop.requested, retry_note)
                 continue
             except RecoveryExhaustedError as exc:
                 if as_json:
                     click.echo(json.dumps({"failed": True, "message": str(exc)}))
-                err.print(f"[red]cycle failed:[/] {exc}; the next cycle starts clean")
+                LOGGER.error("cycle failed: %s; the next cycle starts clean", exc)
                 runner.catch_up()
                 if feeder is not None:
                     feeder.feed(rt.log.read)
@@ -267,3 +282,7 @@ def main() -> None:
     except sqlite3.DatabaseError as exc:
         err.print(f"[red]error:[/] database: {exc}")
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

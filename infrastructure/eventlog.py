@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -101,6 +101,8 @@ class EventsourcingLog:
         self.where = where  # for messages: a file path or a redacted URL
         self.backend = "postgresql" if listener is not None else "sqlite"
         self._listener = listener
+        # Called with each event once it is durably appended (structured logs, metrics).
+        self.observers: list[Callable[[Any], None]] = []
 
     @classmethod
     def open(cls, data_dir: Path, event_store: str | None = None) -> EventsourcingLog:
@@ -172,6 +174,7 @@ class EventsourcingLog:
         return agg
 
     def save(self, *aggregates: Aggregate) -> None:
+        appended = [e for agg in aggregates for e in agg.pending_events] if self.observers else []
         try:
             self.app.save(*aggregates)
         except IntegrityError:
@@ -184,6 +187,9 @@ class EventsourcingLog:
             for agg in aggregates:
                 self._evict(agg.id)
             raise _log_error("cannot append to the event log", exc) from None
+        for event in appended:
+            for observer in self.observers:
+                observer(event)
 
     def _evict(self, aggregate_id: UUID) -> None:
         cache = self.app.repository.cache

@@ -388,9 +388,10 @@ def parse_transitions(diagram: str) -> set[tuple[str, str, str]]:
 
 # --- commands named in docs/operations.md ----------------------------------------------------
 
-GLOBAL_OPTIONS = ("--data-dir", "--config")
-# Flags another engineer is adding right now; the docs may name them before they land.
-PENDING_FLAGS = {("audit", "--verify")}
+# The group's own options, and which of them are bare flags (they take no value).
+GLOBAL_OPTIONS = {o for p in cli.params for o in p.opts}
+GLOBAL_FLAGS = {o for p in cli.params if getattr(p, "is_flag", False) for o in p.opts}
+PENDING_FLAGS: set[tuple[str, str]] = set()
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
 FENCE = re.compile(r"```[a-z]*\n(.*?)```", re.DOTALL)
 
@@ -415,7 +416,8 @@ def _options(command: click.Command) -> set[str]:
 def unknown_usages(line: str) -> list[str]:
     tokens = line.split("#", 1)[0].split()[1:]
     while tokens and tokens[0].split("=")[0] in GLOBAL_OPTIONS:
-        tokens = tokens[1:] if "=" in tokens[0] else tokens[2:]
+        bare = "=" in tokens[0] or tokens[0] in GLOBAL_FLAGS
+        tokens = tokens[1:] if bare else tokens[2:]
     if not tokens:
         return []
     command: click.Command | None = cli.commands.get(tokens[0])
