@@ -29,6 +29,9 @@ class PhaseLock(Aggregate):
         self.last_snapshot_id = 0
         self.current_snapshot_id: int | None = None
         self.takeovers = 0
+        # Counts Locked events: a fencing token. Every new holding (a takeover included) gets
+        # a higher one, and the state store refuses deletes under an older one.
+        self.fence_token = 0
 
     # --- queries -------------------------------------------------------------------------
 
@@ -140,6 +143,7 @@ class PhaseLock(Aggregate):
         self.timeout_ms = timeout_ms
         self.current_snapshot_id = snapshot_id
         self.last_snapshot_id = max(self.last_snapshot_id, snapshot_id)
+        self.fence_token += 1
 
     @event("Renewed")
     def _renewed(self, owner: str, phase: str, at: datetime) -> None:

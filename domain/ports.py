@@ -103,6 +103,12 @@ class JournalEntry:
     batch_no: int
     deleted: list[tuple[bytes, int]]  # (hash, bytes freed)
     row_ids: list[int] = field(default_factory=list)  # the deleted rows; [] if not recorded
+    # The deleting holder and its lock's fencing token (PhaseLock.fence_token): the store
+    # refuses the delete, in its own transaction, if a newer holder has deleted since.
+    # 0: no fence (a store test, or a caller outside a lock).
+    owner: str = ""
+    fence_token: int = 0
+    group: str = ""
 
 
 class DeletedNodes(list[tuple[bytes, int]]):

@@ -97,8 +97,10 @@ class PhaseWork:
     _lock_checked: datetime | None
     _lock_check_every: timedelta
 
-    def _ensure_holding(self, phase: PrunePhase, snap: AtomicSnapshot) -> None:
-        """Checked before every delete batch: a pruner whose lock was taken over stops."""
+    def _ensure_holding(self, phase: PrunePhase, snap: AtomicSnapshot) -> int:
+        """Checked before every delete batch: a pruner whose lock was taken over stops.
+        Returns the lock's fencing token, which the delete transaction checks again, so a
+        holder deposed between this check and its commit deletes nothing."""
         self.manager.renew_lock(phase)  # raises if the lock is gone; appends only when due
         lock = self.manager.lock_info()
         if not lock.holds(self.manager.owner, phase):
@@ -110,6 +112,7 @@ class PhaseWork:
             raise SnapshotMismatchError(
                 f"lock now names snapshot {lock.current_snapshot_id}, cycle uses {snap.snapshot_id}"
             )
+        return int(lock.fence_token)
 
     def _stop_point(self, phase: PrunePhase) -> None:
         """A place where stopping leaves nothing half done: before a phase, or before a delete
@@ -275,7 +278,7 @@ class PhaseWork:
         swept: list[int] | None = None,
     ) -> None:
         self._stop_point(phase)
-        self._ensure_holding(phase, snap)
+        token = self._ensure_holding(phase, snap)
         self.reconcile_journal()  # a batch whose event failed must be logged before the next
         cycle = self._cycle(snap)
         batch_no = max(cycle.batches_logged, default=0) + 1
@@ -286,6 +289,9 @@ class PhaseWork:
             phase=phase.value,
             batch_no=batch_no,
             deleted=[],
+            owner=self.manager.owner,
+            fence_token=token,
+            group=snap.group,
         )
         if stale is None:
             deleted = self.nodes.delete_guarded(ids, snap.latest_order, entry, swept or [])

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+from rich.markup import escape
 
 from domain.errors import (
     ConcurrencyConflictError,
@@ -24,7 +27,7 @@ from domain.errors import (
     UnknownPhaseError,
 )
 from infrastructure import cli_audit, cli_history, cli_views
-from infrastructure.cli_common import Context, console, err
+from infrastructure.cli_common import Context, console, err, usage_error
 from infrastructure.config_file import CONFIG_FILE, DEFAULT_TOML, load_settings
 from infrastructure.eventlog import ensure_data_dir
 from infrastructure.logs import LEVELS, LOGGER, log_event
@@ -249,6 +252,26 @@ def _pause(stop: _Stop, seconds: float) -> None:
         time.sleep(min(0.2, seconds))
 
 
+def _needs_data_dir(callback: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """A read command never creates a data directory (a mistyped --data-dir would show an
+    empty, healthy log): it fails with a usage error. init, run and demo create one."""
+    if callback is None:
+        return None
+    inner = callback
+
+    @functools.wraps(inner)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        obj = click.get_current_context().find_object(Context)
+        if obj is not None and not obj.data_dir.is_dir():
+            usage_error(
+                f"no data directory at {obj.data_dir}: check --data-dir (or "
+                "PRUNELOG_DATA_DIR), or create one with `prunelog init`"
+            )
+        return inner(*args, **kwargs)
+
+    return checked
+
+
 for _command in (
     cli_views.projections,
     cli_views.validate,
@@ -262,6 +285,14 @@ for _command in (
     cli_audit.audit,
 ):
     cli.add_command(_command)
+    for _leaf in _command.commands.values() if isinstance(_command, click.Group) else [_command]:
+        _leaf.callback = _needs_data_dir(_leaf.callback)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """One line on stderr (escaped: `[prune]` in a message is text, not markup), then exit."""
+    err.print(f"[red]error:[/] {escape(message)}")
+    sys.exit(code)
 
 
 def main() -> None:
@@ -270,18 +301,17 @@ def main() -> None:
     except click.exceptions.Abort:
         err.print("aborted")
         sys.exit(1)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        _fail(exc.format_message() + hint, 2)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(2)
+        _fail(exc.format_message(), 2)
     except (ConfigError, UnknownPhaseError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(2)
+        _fail(str(exc), 2)
     except (PrunelogError, DataDirError) as exc:
-        err.print(f"[red]error:[/] {type(exc).__name__}: {exc}")
-        sys.exit(1)
+        _fail(f"{type(exc).__name__}: {exc}", 1)
     except sqlite3.DatabaseError as exc:
-        err.print(f"[red]error:[/] database: {exc}")
-        sys.exit(1)
+        _fail(f"database: {exc}", 1)
 
 
 if __name__ == "__main__":

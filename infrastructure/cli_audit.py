@@ -4,6 +4,7 @@ cycle's decisions against the persisted reach set and the store (see cycle_verif
 from __future__ import annotations
 
 import json
+import string
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
@@ -46,16 +47,19 @@ def audit(
         raise click.UsageError("give a NODE_HASH or --cycle N (one of them)")
     if verify and cycle is None:
         raise click.UsageError("--verify goes with --cycle N")
+    if node_hash is not None and (
+        len(node_hash) != 64 or not set(node_hash) <= set(string.hexdigits)
+    ):
+        raise click.BadParameter(
+            f"{node_hash!r} is not a node hash (64 hex digits)", param_hint="NODE_HASH"
+        )
     with Runtime(group_settings(obj, group)) as rt:
         if verify and cycle is not None:
             _verify(rt, cycle, as_json)
         runner = rt.projections()
         runner.catch_up(["audit"])
         if node_hash is not None:
-            try:
-                raw = bytes.fromhex(node_hash)
-            except ValueError:
-                raise click.BadParameter(f"{node_hash!r} is not a hex node hash") from None
+            raw = bytes.fromhex(node_hash)
             rows = [
                 dict(r)
                 for r in runner.rows(
@@ -77,6 +81,8 @@ def audit(
                 table(f"deletions of {node_hash[:16]}…", rows),
             )
             return
+        assert cycle is not None
+        _require_cycle(rt, cycle)
         rows = [
             dict(r)
             for r in runner.rows(
@@ -88,6 +94,18 @@ def audit(
             )
         ]
         emit(as_json, {"cycle": cycle, "batches": rows}, table(f"cycle {cycle} batches", rows))
+
+
+def _require_cycle(rt: Runtime, cycle: int) -> None:
+    """An unknown cycle is a usage error (exit 2), as with --verify; a known cycle that
+    deleted nothing lists no batches (exit 0)."""
+    from domain.cycle import PruneCycle, cycle_uuid
+    from domain.errors import AggregateNotFoundError
+
+    try:
+        rt.log.get(cycle_uuid(rt.settings.group, cycle), PruneCycle)
+    except AggregateNotFoundError:
+        usage_error(f"group {rt.settings.group!r} has no cycle {cycle}")
 
 
 def _verify(rt: Runtime, cycle: int, as_json: bool) -> NoReturn:

@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from infrastructure.eventlog import resolve_data_dir
@@ -25,7 +26,7 @@ class Context:
 
 def usage_error(message: str) -> NoReturn:
     """A one-line error on stderr and exit code 2 (bad usage: e.g. an unknown cycle)."""
-    err.print(f"[red]error:[/] {message}")
+    err.print(f"[red]error:[/] {escape(message)}")
     sys.exit(2)
 
 

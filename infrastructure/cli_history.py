@@ -36,13 +36,14 @@ def _events(log: EventsourcingLog, until: int | None = None) -> Iterator[tuple[i
         pos = page[-1][0]
 
 
-def _parse_time(value: str) -> datetime:
+def _parse_time(value: str, option: str | None = None) -> datetime:
+    hint = f"'{option}'" if option else None
     try:
         t = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 time") from None
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time", param_hint=hint) from None
     if t.tzinfo is None:
-        raise click.BadParameter(f"{value!r} has no timezone (add +00:00 or Z)")
+        raise click.BadParameter(f"{value!r} has no timezone (add +00:00 or Z)", param_hint=hint)
     return t
 
 
@@ -50,7 +51,13 @@ def _position_at(log: EventsourcingLog, at: str) -> int:
     """`--at` takes a log position or an ISO time (the last event at or before it)."""
     if at.isdigit():
         return int(at)
-    when, last = _parse_time(at), 0
+    try:
+        when, last = _parse_time(at), 0
+    except click.BadParameter:
+        raise click.BadParameter(
+            f"{at!r} is neither a log position nor an ISO 8601 time with a timezone",
+            param_hint="'--at'",
+        ) from None
     for pos, e in _events(log):
         if e.timestamp > when:
             break
@@ -204,8 +211,8 @@ def replay(
 
         grp = group or settings.group
         ids = {cycle_uuid(grp, cycle)} if cycle is not None else set()
-        lo = _parse_time(since) if since else None
-        hi = _parse_time(until) if until else None
+        lo = _parse_time(since, "--since") if since else None
+        hi = _parse_time(until, "--until") if until else None
         groups = Groups(group)
         for pos, e in _events(log):
             if groups.keep(e) and _matches(e, cycle, phase, kind, lo, hi, ids):

@@ -139,7 +139,8 @@ def snapshots(obj: Context, limit: int, as_json: bool) -> None:
 @click.pass_obj
 def events(obj: Context, start: int, limit: int, as_json: bool) -> None:
     """Print the event log, one line per event."""
-    with EventsourcingLog.open_sqlite(obj.data_dir) as log:
+    settings = load_settings(obj.data_dir, obj.config)
+    with EventsourcingLog.open(obj.data_dir, settings.resolved_event_store()) as log:
         for i, n in enumerate(notifications(log, start), start=1):
             if as_json:
                 record = event_record(n.id, log.app.mapper.to_domain_event(n))

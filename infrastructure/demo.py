@@ -20,6 +20,7 @@ from rich.table import Table
 
 from domain.config import PruneConfig, SnapshotManagerConfig
 from infrastructure.audit_checks import StoreCheck, check_store
+from infrastructure.config_file import CONFIG_FILE
 from infrastructure.eventlog import STATE_FILE, ensure_data_dir
 from infrastructure.progress import RichProgress
 from infrastructure.render import describe, notifications
@@ -42,6 +43,12 @@ def run_demo(data_dir: Path, opts: DemoOptions, console: Console) -> int:
     demo_dir = ensure_data_dir(data_dir) / "demo"
     shutil.rmtree(demo_dir, ignore_errors=True)  # only the demo's own folder
     demo_dir.mkdir()
+    # The demo's own settings, so that later commands on its directory (run, validate, ...)
+    # keep its protection window; with the default one, the roots it pruned count as retained.
+    (demo_dir / CONFIG_FILE).write_text(
+        "# Written by `prunelog demo`: the settings its cycles ran with.\n[prune]\n"
+        f"protection_orders = {opts.protection_orders}\ndelete_batch_size = {opts.batch}\n"
+    )
     state_path = demo_dir / STATE_FILE
     console.print(f"[bold]prunelog demo[/] — data in {demo_dir}")
 

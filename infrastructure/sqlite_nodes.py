@@ -13,7 +13,7 @@ from pathlib import Path
 import msgpack
 from pyroaring import BitMap
 
-from domain.errors import ReachSetCorruptError
+from domain.errors import LockNotHeldError, ReachSetCorruptError
 from domain.ports import DeletedNodes, JournalEntry, NodeRecord, ReachSet
 from infrastructure import smt
 
@@ -22,12 +22,18 @@ CREATE TABLE IF NOT EXISTS sweep_journal (batch_key TEXT PRIMARY KEY, cycle_no I
     snapshot_id INTEGER NOT NULL, phase TEXT NOT NULL, batch_no INTEGER NOT NULL,
     deleted BLOB NOT NULL, logged INTEGER NOT NULL DEFAULT 0, row_ids BLOB);
 """
+# The newest lock holding that deleted in each group: a delete under an older fencing token is
+# refused inside its own transaction (see JournalEntry.fence_token).
+FENCE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS prune_fence (grp TEXT PRIMARY KEY, token INTEGER NOT NULL,
+    owner TEXT NOT NULL);
+"""
 # A journal table made before the row_ids column gets it (NULL: "not recorded").
 _JOURNAL_ROW_IDS = "ALTER TABLE sweep_journal ADD COLUMN row_ids BLOB"
 
 
 def ensure_journal(conn: sqlite3.Connection) -> None:
-    conn.executescript(JOURNAL_SCHEMA)
+    conn.executescript(JOURNAL_SCHEMA + FENCE_SCHEMA)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(sweep_journal)")}
     if "row_ids" not in columns:
         try:
@@ -161,6 +167,7 @@ class SqliteNodeStore:
         deleted = DeletedNodes()
         c.execute("BEGIN IMMEDIATE")
         try:
+            self._check_fence(journal)
             for i in range(0, len(row_ids), _CHUNK):
                 chunk = row_ids[i : i + _CHUNK]
                 # The guard: a writer that stamped the hash after the snapshot wins.
@@ -201,6 +208,29 @@ class SqliteNodeStore:
             c.execute("ROLLBACK")
             raise
         return deleted
+
+    def _check_fence(self, journal: JournalEntry) -> None:
+        """Inside the delete transaction: refuses a holder whose lock a newer holding has
+        superseded (its token is lower, or equal but another owner's), else records this one."""
+        if not journal.fence_token:
+            return
+        row = self.conn.execute(
+            "SELECT token, owner FROM prune_fence WHERE grp = ?", (journal.group,)
+        ).fetchone()
+        if row is not None and (
+            row[0] > journal.fence_token
+            or (row[0] == journal.fence_token and row[1] != journal.owner)
+        ):
+            raise LockNotHeldError(
+                f"{journal.owner}'s lock of group {journal.group!r} (fencing token "
+                f"{journal.fence_token}) was superseded by {row[1]} (token {row[0]}); "
+                "nothing deleted"
+            )
+        self.conn.execute(
+            "INSERT INTO prune_fence(grp, token, owner) VALUES (?, ?, ?) ON CONFLICT(grp) "
+            "DO UPDATE SET token = excluded.token, owner = excluded.owner",
+            (journal.group, journal.fence_token, journal.owner),
+        )
 
     def _consume_stale(self, entries: list[tuple[int, bytes]]) -> None:
         """Deletes the stale rows of a batch. A batch from `stale_entries` is a prefix of the

@@ -7,7 +7,7 @@ each position inside BEGIN IMMEDIATE and the health fold loads its state inside 
 transaction (test_crash.py, test_two_catch_ups_at_once_apply_each_event_once), and a fresh file
 opened by three nodes at once is set up in one write transaction.
 
-One run of the group (module-scoped, ~30 s; see `group_run`) is shared by the tests: a holder
+One run of the group (module-scoped, ~15 s; see `group_run`) is shared by the tests: a holder
 "on another host" dies mid-sweep and is taken over once its lock times out; a holder on this host
 dies and is taken over at once. The tests then read the log, the store and the read models.
 Helpers: pg_nodes.py."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pyroaring import BitMap
 
-from domain.errors import ReachSetCorruptError
+from domain.errors import LockNotHeldError, ReachSetCorruptError
 from domain.ports import JournalEntry, row_ids_of
 from infrastructure import smt
 from infrastructure.sqlite_nodes import FileReachStore, SqliteNodeStore
@@ -92,6 +92,43 @@ def test_a_guarded_delete_keeps_rows_written_after_max_order_and_journals_exactl
     assert [before[h][0] for h, _ in deleted] == row_ids
     (journaled,) = nodes.unlogged_journal()
     assert journaled == JournalEntry("default/1/7", 1, 1, "SweepExpired", 7, deleted, row_ids)
+
+
+def fenced(owner: str, token: int, batch_no: int) -> JournalEntry:
+    return JournalEntry(
+        f"default/1/{batch_no}",
+        1,
+        1,
+        "SweepExpired",
+        batch_no,
+        [],
+        owner=owner,
+        fence_token=token,
+        group="default",
+    )
+
+
+def test_a_delete_under_a_superseded_fencing_token_deletes_and_journals_nothing(
+    store: SqliteStateStore, nodes: SqliteNodeStore
+) -> None:
+    commit_keys(store, 6)
+    ids = [i for i, _, _ in node_rows(store).values()]
+    # "b" took the lock over (token 2) and deleted; "a", deposed after its own lock check,
+    # then tries to commit a batch under its older token 1.
+    nodes.delete_guarded(ids[:2], 10**9, fenced("b", 2, 1), [])
+    nodes.mark_journal_logged("default/1/1")
+    before = node_rows(store)
+
+    with pytest.raises(LockNotHeldError, match="superseded by b"):
+        nodes.delete_guarded(ids[2:4], 10**9, fenced("a", 1, 2), [])
+    with pytest.raises(LockNotHeldError):  # the same token is b's, not a's
+        nodes.delete_guarded(ids[2:4], 10**9, fenced("a", 2, 2), [])
+
+    assert node_rows(store) == before
+    assert nodes.unlogged_journal() == []
+    nodes.delete_guarded(ids[2:4], 10**9, fenced("b", 2, 2), [])  # the holder goes on
+    nodes.delete_guarded(ids[4:5], 10**9, fenced("b", 3, 3), [])  # ... into its next phase
+    assert len(node_rows(store)) == len(before) - 3
 
 
 def test_a_node_re_stamped_after_its_row_id_was_chosen_is_kept_by_the_guard(
