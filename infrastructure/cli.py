@@ -35,7 +35,7 @@ from infrastructure.logs import configure as configure_logs
 from infrastructure.metrics import MetricsFeeder, PrunerMetrics
 from infrastructure.progress import RichProgress
 from infrastructure.reconnect import open_runtime, wait_for_log
-from infrastructure.runtime import Settings
+from infrastructure.runtime import Runtime, Settings
 from projections.runner import ProjectionRunner
 
 
@@ -197,7 +197,7 @@ def _run(
                 # over a dead holder): wait and watch its events; the next try re-reads them.
                 _say(as_json, {"waiting": True, "message": str(exc)}, f"waiting: {exc}")
                 try:
-                    _watch(runner, stop, settings.prune.interval_s)
+                    _watch(rt, runner, stop, settings.prune.interval_s)
                 except EventLogUnreachableError as lost:
                     LOGGER.error("watching interrupted: %s", lost)
                     wait_for_log(rt, lambda: stop.requested, retry_note)
@@ -240,10 +240,18 @@ def _run(
             _pause(stop, settings.prune.interval_s)
 
 
-def _watch(runner: ProjectionRunner, stop: _Stop, seconds: float) -> None:
-    """Keeps the read models current while another node holds the lock."""
+def _watch(rt: Runtime, runner: ProjectionRunner, stop: _Stop, seconds: float) -> None:
+    """Keeps the read models current while another node holds the lock, for up to `seconds`,
+    and returns as soon as the lock is free, past its timeout or its holder has exited: the
+    handover waits on the lock, not on `interval_s`."""
     deadline = time.monotonic() + max(seconds, 1.0)
-    runner.follow(lambda: stop.requested or time.monotonic() >= deadline, wait_s=0.5)
+
+    def done() -> bool:
+        if stop.requested or time.monotonic() >= deadline:
+            return True
+        return rt.manager.held_by_live_other() is None
+
+    runner.follow(done, wait_s=0.5)
 
 
 def _pause(stop: _Stop, seconds: float) -> None:
