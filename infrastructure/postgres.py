@@ -26,6 +26,19 @@ DDL_LOCK_KEY = 0x70726E6C
 DDL_LOCK_TIMEOUT_S = 60
 
 
+def connect_args(env: dict[str, str]) -> dict[str, Any]:
+    """psycopg.connect() arguments for our own connections (setup and LISTEN)."""
+    return {
+        "dbname": env["POSTGRES_DBNAME"],
+        "host": env["POSTGRES_HOST"],
+        "port": env["POSTGRES_PORT"],
+        "user": env["POSTGRES_USER"],
+        "password": env["POSTGRES_PASSWORD"],
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "autocommit": True,
+    }
+
+
 def is_postgres_url(event_store: str) -> bool:
     return urlsplit(event_store).scheme in SCHEMES
 
@@ -95,15 +108,7 @@ def prepare(url: str) -> Iterator[None]:
 
     env = postgres_env(url)
     try:
-        conn = psycopg.connect(
-            dbname=env["POSTGRES_DBNAME"],
-            host=env["POSTGRES_HOST"],
-            port=env["POSTGRES_PORT"],
-            user=env["POSTGRES_USER"],
-            password=env["POSTGRES_PASSWORD"],
-            connect_timeout=CONNECT_TIMEOUT_S,
-            autocommit=True,
-        )
+        conn = psycopg.connect(**connect_args(env))
     except psycopg.OperationalError as exc:
         first = (str(exc).strip().splitlines() or ["no answer"])[0]
         raise EventLogUnreachableError(
@@ -143,15 +148,7 @@ class Listener:
         if self._conn is None or self._conn.closed:
             psycopg = self._psycopg
             env = postgres_env(self.url)
-            self._conn = psycopg.connect(
-                dbname=env["POSTGRES_DBNAME"],
-                host=env["POSTGRES_HOST"],
-                port=env["POSTGRES_PORT"],
-                user=env["POSTGRES_USER"],
-                password=env["POSTGRES_PASSWORD"],
-                connect_timeout=CONNECT_TIMEOUT_S,
-                autocommit=True,
-            )
+            self._conn = psycopg.connect(**connect_args(env))
             self._conn.execute(
                 psycopg.sql.SQL("LISTEN {0}").format(psycopg.sql.Identifier(self.channel))
             )
