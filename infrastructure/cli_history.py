@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from domain.config import RecoveryConfig
 from domain.cycle import PruneCycle
@@ -293,6 +294,7 @@ def status(obj: Context, group: str | None, as_json: bool) -> None:
         data = {
             "group": rt.settings.group,
             "log_head": rt.log.head(),
+            "event_log": {"backend": rt.log.backend, "where": rt.log.where},
             "cycle": None
             if cycle is None
             else {
@@ -329,6 +331,7 @@ def status(obj: Context, group: str | None, as_json: bool) -> None:
 def _print_status(d: dict[str, Any]) -> None:
     c, s, lk = d["cycle"], d["snapshot"], d["lock"]
     console.print(f"[bold]prunelog[/] group {d['group']} — log head #{d['log_head']}")
+    console.print(f"event log: {d['event_log']['backend']} {escape(d['event_log']['where'])}")
     console.print(
         "cycle: "
         + (
