@@ -231,7 +231,7 @@ class PhaseWork:
             del frontier[-FETCH_BATCH:]
             if len(queued) > QUEUED_HASHES_CAP:
                 queued.clear()
-            for rec in self.nodes.fetch(batch, skip_data=skip):
+            for rec in self.nodes.fetch(batch):
                 if rec.row_id in skip:
                     continue
                 seen.add(rec.row_id)
