@@ -80,7 +80,7 @@ def main() -> None:
         runner.rebuild()
         rebuild = time.perf_counter() - t
         t = time.perf_counter()
-        verified = all(runner.verify(name) for name in runner.projections)
+        verified = all(runner.verify_many(runner.projections).values())
         verify = time.perf_counter() - t
         audit_rows = runner.rows("SELECT count(*) FROM audit")[0][0]
         runner.close()
