@@ -143,8 +143,8 @@ class NodeStorePort(Protocol):
         self, hashes: list[bytes], skip_data: Container[int] = frozenset()
     ) -> list[NodeRecord]:
         """The nodes that exist among `hashes` (missing ones are left out). A record whose row
-        id is in `skip_data` comes with empty `data`: the marks of a DAG walk skip reading
-        nodes already visited, with no set of hashes beside the reach set."""
+        id is in `skip_data` comes with empty `data`: IncrementalSweep passes ALL_ROWS, as it
+        needs row ids only (read from the hash index, no node data)."""
         ...
 
     def children(self, data: bytes) -> list[bytes]: ...

@@ -67,17 +67,6 @@ class CycleReport:
     phases: dict[str, PhaseStats] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class _Either:
-    """Membership in either of two sets, without building their union."""
-
-    first: ReachSet
-    second: set[int]
-
-    def __contains__(self, row_id: object) -> bool:
-        return row_id in self.first or row_id in self.second
-
-
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -224,7 +213,6 @@ class PhaseWork:
         found: list[int] = []
         frontier = [root] if any(root) and root not in queued else []
         queued.add(root)
-        skip = _Either(reach, seen)
         children = self.nodes.children
         while frontier:
             batch = frontier[-FETCH_BATCH:]
@@ -232,7 +220,7 @@ class PhaseWork:
             if len(queued) > QUEUED_HASHES_CAP:
                 queued.clear()
             for rec in self.nodes.fetch(batch):
-                if rec.row_id in skip:
+                if rec.row_id in reach or rec.row_id in seen:
                     continue
                 seen.add(rec.row_id)
                 found.append(rec.row_id)

@@ -120,6 +120,8 @@ def pgctl() -> Iterator[str]:
     script = os.environ.get(PGCTL_ENV)
     if not script:
         postgres_url()  # skips (or fails under PRUNELOG_REQUIRE_POSTGRES) without a server
+        if os.environ.get("PRUNELOG_REQUIRE_POSTGRES"):
+            pytest.fail(f"{PGCTL_ENV} is not set but PRUNELOG_REQUIRE_POSTGRES is")
         pytest.skip(f"{PGCTL_ENV} is not set: run under .ci/with-postgres")
     yield script
     subprocess.run([script, "start"], capture_output=True, check=False, timeout=120)
