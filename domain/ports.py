@@ -85,11 +85,24 @@ ALL_ROWS: Final = AllRows()
 
 
 class NodeRecord(NamedTuple):
-    """One stored node. A tuple: a walk makes one per node, and this is its cheapest shape."""
+    """One stored node. A tuple: a lookup makes one per node, and this is its cheapest shape."""
 
     hash: bytes
     row_id: int
     data: bytes
+
+
+# Row ids start at 1: a child the store cannot resolve to a row is reported as row 0, which a
+# walk then finds missing like any other.
+MISSING_ROW: Final = 0
+
+
+class Expansion(NamedTuple):
+    """What `NodeStorePort.expand` found: the rows that exist among those asked for, and the
+    row ids of all their children (nested object roots included), in one flat list."""
+
+    found: list[int]
+    children: list[int]
 
 
 @dataclass(frozen=True)
@@ -147,7 +160,11 @@ class NodeStorePort(Protocol):
         needs row ids only (read from the hash index, no node data)."""
         ...
 
-    def children(self, data: bytes) -> list[bytes]: ...
+    def expand(self, row_ids: list[int]) -> Expansion:
+        """The walks' step, by row id: which of `row_ids` exist, and their children's row ids
+        (what the node refers to, an object's field-tree root included). Missing rows are left
+        out of `found`; a child row that no longer exists is reported as it was recorded."""
+        ...
 
     def delete_guarded(
         self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]
@@ -175,11 +192,21 @@ class NodeStorePort(Protocol):
 
 
 class ReachSet(Protocol):
-    def __contains__(self, row_id: object) -> bool: ...
+    """A set of row ids with bulk operations, so a walk step is a few calls, not a loop."""
+
+    def __contains__(self, row_id: int, /) -> bool: ...
 
     def __len__(self) -> int: ...
 
     def add(self, row_id: int) -> None: ...
+
+    def add_new(self, row_ids: Iterable[int]) -> list[int]:
+        """Adds `row_ids`; returns those that were not in the set yet, once each, ascending."""
+        ...
+
+    def absent(self, row_ids: Iterable[int]) -> list[int]:
+        """Those of `row_ids` not in the set, once each, ascending."""
+        ...
 
 
 class ReachStorePort(Protocol):

@@ -35,13 +35,12 @@ from domain.recovery import ErrorRecoveryManager
 from domain.snapshot import AtomicSnapshot
 from domain.sweeps import (  # re-exported: where callers have always found them
     FETCH_BATCH,
-    QUEUED_HASHES_CAP,
     CycleReport,
     PhaseStats,
     PhaseWork,
 )
 
-__all__ = ["FETCH_BATCH", "QUEUED_HASHES_CAP", "CycleReport", "PhaseStats", "Pruner"]
+__all__ = ["FETCH_BATCH", "CycleReport", "PhaseStats", "Pruner"]
 
 
 class Pruner(PhaseWork):

@@ -36,12 +36,8 @@ from domain.ports import (
 )
 from domain.snapshot import AtomicSnapshot, Snapshot, snapshot_uuid
 
+# Rows per `expand` call of a walk.
 FETCH_BATCH = 512
-# A walk remembers the hashes it has queued, so a node shared by many parents (most of them:
-# consecutive roots share all but a path) is looked up once, not once per parent. Exact, so a
-# skip never loses a node; when the set reaches the cap (~100 bytes a hash) it starts over,
-# which only costs repeat lookups. The reach set itself stays a bitmap of row ids.
-QUEUED_HASHES_CAP = 4_000_000
 
 
 @dataclass
@@ -141,31 +137,34 @@ class PhaseWork:
             raise ReachSetCorruptError(f"snapshot {snap.snapshot_id} has no reach set recorded")
         return self.reach_store.load(snap.snapshot_id, snapshot.reach_digest)
 
+    def _root_ids(self, roots: list[bytes]) -> dict[bytes, int]:
+        """Row ids of the stored ones among `roots` (the empty tree has no node)."""
+        wanted = list(dict.fromkeys(r for r in roots if any(r)))
+        return {rec.hash: rec.row_id for rec in self.nodes.fetch(wanted, skip_data=ALL_ROWS)}
+
     def _mark(self, roots: list[bytes], reach: ReachSet, stats: PhaseStats) -> None:
-        queued = set(r for r in roots if any(r))  # see QUEUED_HASHES_CAP
-        frontier = list(queued)
-        children = self.nodes.children
+        """Marks every row reachable from `roots`, by row id: the reach set itself is the
+        visited set, so each node is looked up once however many parents share it."""
+        ids = self._root_ids(roots)
+        missing_roots = {r for r in roots if any(r)} - ids.keys()
+        if missing_roots:
+            raise MissingNodeError(
+                f"{len(missing_roots)} retained root(s) are missing, "
+                f"e.g. {next(iter(missing_roots)).hex()}"
+            )
+        frontier = reach.add_new(ids.values())
         while frontier:
             batch = frontier[-FETCH_BATCH:]
             del frontier[-FETCH_BATCH:]
-            records = self.nodes.fetch(batch)  # `queued` already keeps repeats out
-            if len(records) != len(batch):
-                missing = set(batch) - {r.hash for r in records}
+            found, children = self.nodes.expand(batch)
+            if len(found) != len(batch):
+                missing = sorted(set(batch) - set(found))
                 raise MissingNodeError(
-                    f"{len(missing)} node(s) reachable from a retained root are missing, "
-                    f"e.g. {next(iter(missing)).hex()}"
+                    f"{len(missing)} node(s) reachable from a retained root are missing: "
+                    f"row(s) {', '.join(map(str, missing[:5]))}"
+                    + (" (row 0: a child whose hash is not stored)" if missing[0] == 0 else "")
                 )
-            if len(queued) > QUEUED_HASHES_CAP:
-                queued.clear()
-            add = reach.add
-            for _, row_id, data in records:  # unpacked: the hot loop of BuildReach
-                if row_id in reach:
-                    continue
-                add(row_id)
-                for child in children(data):
-                    if child not in queued:
-                        queued.add(child)
-                        frontier.append(child)
+            frontier.extend(reach.add_new(children))
             stats.visited = len(reach)
             self.progress(PrunePhase.BUILD_REACH.value, stats.visited, None)
             self._keep_lock(PrunePhase.BUILD_REACH)
@@ -176,12 +175,13 @@ class PhaseWork:
     def _sweep_expired(self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport) -> None:
         reach = self._reach_set(snap)
         expired = self.nodes.expired_roots(snap.retained_from_order)
-        seen: set[int] = set()
-        queued: set[bytes] = set()
+        root_ids = self._root_ids([root for _, root in expired])
+        seen = self.reach_store.new()  # unmarked rows this sweep has collected
         pending: list[int] = []  # garbage of whole roots, in discovery order
         pending_roots: list[int] = []
         for done, (order, root) in enumerate(expired, start=1):
-            pending.extend(self._unmarked_below(root, reach, seen, queued))
+            if root in root_ids:
+                pending.extend(self._unmarked_below(root_ids[root], reach, seen))
             pending_roots.append(order)
             if len(pending) >= self.config.delete_batch_size or done == len(expired):
                 self._delete_roots(snap, pending, pending_roots, stats)
@@ -204,30 +204,18 @@ class PhaseWork:
             last = i == len(chunks) - 1
             self._delete(snap, PrunePhase.SWEEP_EXPIRED, ids, stats, swept=orders if last else [])
 
-    def _unmarked_below(
-        self, root: bytes, reach: ReachSet, seen: set[int], queued: set[bytes]
-    ) -> list[int]:
-        """Row ids under `root` that no retained root reaches and that no earlier root of this
-        sweep already collected, parents before children. A hash queued before (`queued`)
-        was decided then: retained, collected, or already gone."""
+    def _unmarked_below(self, root_id: int, reach: ReachSet, seen: ReachSet) -> list[int]:
+        """Row ids under `root_id` that no retained root reaches and that no earlier root of
+        this sweep already collected (`seen`), parents before children. Rows already gone
+        (a half-swept root of an earlier cycle) are left out."""
         found: list[int] = []
-        frontier = [root] if any(root) and root not in queued else []
-        queued.add(root)
-        children = self.nodes.children
+        frontier = seen.add_new(reach.absent([root_id]))
         while frontier:
             batch = frontier[-FETCH_BATCH:]
             del frontier[-FETCH_BATCH:]
-            if len(queued) > QUEUED_HASHES_CAP:
-                queued.clear()
-            for rec in self.nodes.fetch(batch):
-                if rec.row_id in reach or rec.row_id in seen:
-                    continue
-                seen.add(rec.row_id)
-                found.append(rec.row_id)
-                for child in children(rec.data):
-                    if child not in queued:
-                        queued.add(child)
-                        frontier.append(child)
+            rows, children = self.nodes.expand(batch)
+            found.extend(rows)
+            frontier.extend(seen.add_new(reach.absent(children)))
             self._keep_lock(PrunePhase.SWEEP_EXPIRED)
         return found
 

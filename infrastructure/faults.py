@@ -23,7 +23,7 @@ from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from domain.ports import JournalEntry, NodeRecord, NodeStorePort
+from domain.ports import Expansion, JournalEntry, NodeRecord, NodeStorePort
 from infrastructure.sqlite_nodes import SqliteNodeStore
 
 if TYPE_CHECKING:
@@ -106,8 +106,10 @@ class FaultyNodeStore:
             self.trigger.reached("build_reach")
         return self.inner.fetch(hashes, skip_data)
 
-    def children(self, data: bytes) -> list[bytes]:
-        return self.inner.children(data)
+    def expand(self, row_ids: list[int]) -> Expansion:
+        if self._marking:
+            self.trigger.reached("build_reach")
+        return self.inner.expand(row_ids)
 
     def delete_guarded(
         self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]

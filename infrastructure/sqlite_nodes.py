@@ -3,19 +3,20 @@ journal in the same transaction, the stale index, and the persisted reach set.""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import sqlite3
 from collections.abc import Container
 from itertools import starmap
 from pathlib import Path
 
 import msgpack
-from pyroaring import BitMap
 
-from domain.errors import LockNotHeldError, ReachSetCorruptError
-from domain.ports import DeletedNodes, JournalEntry, NodeRecord, ReachSet
+from domain.errors import LockNotHeldError
+from domain.ports import ALL_ROWS, MISSING_ROW, DeletedNodes, Expansion, JournalEntry, NodeRecord
 from infrastructure import smt
+from infrastructure.reach_sets import FileReachStore, RoaringReach
+from infrastructure.state_store import add_kids_column, unpack_ids
+
+__all__ = ["FileReachStore", "RoaringReach", "SqliteNodeStore", "tune_connection"]
 
 JOURNAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweep_journal (batch_key TEXT PRIMARY KEY, cycle_no INTEGER NOT NULL,
@@ -81,6 +82,7 @@ class SqliteNodeStore:
         self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         tune_connection(self.conn)
         ensure_journal(self.conn)
+        add_kids_column(self.conn)
         self._genesis: bytes | None = None
 
     def close(self) -> None:
@@ -138,8 +140,36 @@ class SqliteNodeStore:
                 # else: deleted between the two reads; left out like a missing node
         return out
 
-    # The walk calls this once per node: the codec itself, with no wrapper call around it.
-    children = staticmethod(smt.children)
+    def expand(self, row_ids: list[int]) -> Expansion:
+        found: list[int] = []
+        packed: list[bytes] = []
+        legacy: list[int] = []  # rows from before the kids column
+        execute = self.conn.execute
+        ids = sorted(row_ids)  # neighbouring rows share pages
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            sql = f"SELECT id, kids FROM nodes WHERE id IN ({','.join('?' * len(chunk))})"
+            for row_id, kids in execute(sql, chunk):
+                found.append(row_id)
+                if kids is None:
+                    legacy.append(row_id)
+                else:
+                    packed.append(kids)
+        children = list(unpack_ids(b"".join(packed)))
+        if legacy:
+            children.extend(self._children_by_hash(legacy))
+        return Expansion(found, children)
+
+    def _children_by_hash(self, row_ids: list[int]) -> list[int]:
+        """Children of rows without `kids`, from their data and the hash index (slow path)."""
+        execute = self.conn.execute
+        hashes: list[bytes] = []
+        for i in range(0, len(row_ids), _CHUNK):
+            chunk = row_ids[i : i + _CHUNK]
+            sql = f"SELECT data FROM nodes WHERE id IN ({','.join('?' * len(chunk))})"
+            hashes.extend(c for (data,) in execute(sql, chunk) for c in smt.children(data))
+        found = {r.hash: r.row_id for r in self.fetch(list(dict.fromkeys(hashes)), ALL_ROWS)}
+        return [found.get(h, MISSING_ROW) for h in hashes]
 
     def delete_guarded(
         self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]
@@ -280,47 +310,3 @@ class SqliteNodeStore:
     def mark_journal_logged(self, batch_key: str) -> None:
         # Logged entries are dropped: the event log now holds the audit.
         self.conn.execute("DELETE FROM sweep_journal WHERE batch_key = ?", (batch_key,))
-
-
-class FileReachStore:
-    """Reach sets as portable roaring bitmaps, one file each, named by snapshot and digest."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def new(self) -> ReachSet:
-        return BitMap()  # type: ignore[return-value]
-
-    def path(self, snapshot_id: int, digest: str) -> Path:
-        return self.directory / f"reach-{snapshot_id}-{digest[:32]}.roaring"
-
-    def save(self, snapshot_id: int, reach: ReachSet) -> str:
-        assert isinstance(reach, BitMap)
-        reach.run_optimize()
-        data = reach.serialize()
-        digest = hashlib.blake2b(data, digest_size=32).hexdigest()
-        final = self.path(snapshot_id, digest)
-        tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        return digest
-
-    def load(self, snapshot_id: int, digest: str) -> ReachSet:
-        path = self.path(snapshot_id, digest)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ReachSetCorruptError(f"reach set {path.name} cannot be read: {exc}") from None
-        actual = hashlib.blake2b(data, digest_size=32).hexdigest()
-        if actual != digest:
-            raise ReachSetCorruptError(
-                f"reach set {path.name} digest is {actual[:16]}…, expected {digest[:16]}…"
-            )
-        try:
-            return BitMap.deserialize(data)  # type: ignore[return-value]
-        except Exception as exc:
-            raise ReachSetCorruptError(f"reach set {path.name} does not decode: {exc}") from None

@@ -11,6 +11,7 @@ Genesis is the first committed transaction: tx_order 0. An empty store has no ro
 from __future__ import annotations
 
 import sqlite3
+import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from infrastructure import smt
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY AUTOINCREMENT,
-    hash BLOB NOT NULL UNIQUE, data BLOB NOT NULL, written_order INTEGER NOT NULL);
+    hash BLOB NOT NULL UNIQUE, data BLOB NOT NULL, written_order INTEGER NOT NULL, kids BLOB);
 CREATE TABLE IF NOT EXISTS roots (tx_order INTEGER PRIMARY KEY, state_root BLOB NOT NULL,
     block_height INTEGER NOT NULL, block_hash BLOB NOT NULL, chain_timestamp INTEGER NOT NULL,
     swept INTEGER NOT NULL DEFAULT 0);
@@ -30,10 +31,18 @@ CREATE TABLE IF NOT EXISTS pinned_roots (state_root BLOB PRIMARY KEY) WITHOUT RO
 CREATE INDEX IF NOT EXISTS roots_by_height ON roots(block_height);
 """
 
+# `kids`: the row ids of the node's children (smt.children order), packed by `pack_ids`, so a
+# walk steps by row id (one b-tree) instead of by hash (two). Rewritten by every upsert: a
+# child deleted and written again has a new row id (AUTOINCREMENT never reuses one), and the
+# tx that writes it again refreshes every parent it writes. NULL: a row from before `kids`.
 UPSERT_NODE = (
-    "INSERT INTO nodes(hash, data, written_order) VALUES (?, ?, ?) "
-    "ON CONFLICT(hash) DO UPDATE SET written_order = excluded.written_order"
+    "INSERT INTO nodes(hash, data, written_order, kids) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(hash) DO UPDATE SET written_order = excluded.written_order, "
+    "kids = excluded.kids RETURNING id"
 )
+_ADD_KIDS = "ALTER TABLE nodes ADD COLUMN kids BLOB"
+_IDS = struct.Struct("<I")
+MAX_ROW_ID = 2**32 - 1  # the reach set is a 32-bit roaring bitmap too
 ROOT_COLUMNS = "tx_order, state_root, block_height, block_hash, chain_timestamp, swept"
 OBJECT_RAW = b"obj"
 BUSY_TIMEOUT_S = 30.0
@@ -47,6 +56,21 @@ class EmptyStoreError(LookupError):
 
 def block_hash_for(tx_order: int, state_root: bytes) -> bytes:
     return smt.sha256(b"block" + tx_order.to_bytes(8, "big") + state_root)
+
+
+def pack_ids(row_ids: Sequence[int]) -> bytes:
+    """Row ids as little-endian uint32s (the `kids` column)."""
+    try:
+        return struct.pack(f"<{len(row_ids)}I", *row_ids)
+    except struct.error:
+        raise OverflowError(
+            f"a row id is beyond {MAX_ROW_ID}, the limit of kids and of the reach set"
+        ) from None
+
+
+def unpack_ids(packed: bytes) -> tuple[int, ...]:
+    """The inverse of `pack_ids`; also reads several packed lists joined together."""
+    return struct.unpack(f"<{len(packed) // _IDS.size}I", packed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +115,17 @@ class ChainViewRow:
     window_roots: tuple[bytes, ...] = ()
 
 
+def add_kids_column(conn: sqlite3.Connection) -> None:
+    """A store made before `kids` gets the column (NULL for its existing rows)."""
+    if "kids" in {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}:
+        return
+    try:
+        conn.execute(_ADD_KIDS)
+    except sqlite3.OperationalError as exc:  # another process added it first
+        if "duplicate column" not in str(exc):
+            raise
+
+
 def _chunks(items: list[bytes], size: int = LOOKUP_CHUNK) -> Iterator[list[bytes]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -111,6 +146,7 @@ class SqliteStateStore:
         # The hash index is random-access: a bigger page cache keeps its hot pages around.
         self._conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         self._conn.executescript(SCHEMA)
+        add_kids_column(self._conn)
 
     @classmethod
     def open(cls, path: str | Path) -> SqliteStateStore:
@@ -174,8 +210,9 @@ class SqliteStateStore:
             # Nodes written earlier in this SQLite transaction; no one else can change them
             # before COMMIT, and later txs of the batch read the same top of the tree.
             batch_nodes: dict[bytes, bytes] = {}
+            batch_ids: dict[bytes, int] = {}  # row ids of those, and of children looked up
             for spec in txs:
-                results.append(self._write_tx(order, root, spec, batch_nodes))
+                results.append(self._write_tx(order, root, spec, batch_nodes, batch_ids))
                 order, root = order + 1, results[-1].state_root
             conn.execute("COMMIT")
         except BaseException:
@@ -185,7 +222,12 @@ class SqliteStateStore:
         return results
 
     def _write_tx(
-        self, order: int, root: bytes, spec: TxSpec, batch_nodes: dict[bytes, bytes]
+        self,
+        order: int,
+        root: bytes,
+        spec: TxSpec,
+        batch_nodes: dict[bytes, bytes],
+        batch_ids: dict[bytes, int],
     ) -> TxResult:
         """One tx's writes; the caller holds the write transaction."""
         seen: dict[bytes, bytes] = {}
@@ -215,8 +257,8 @@ class SqliteStateStore:
         unknown = [h for h in written if h not in seen and h not in batch_nodes]
         reused = len(written) - len(unknown) + self._count_existing(unknown)
         batch_nodes.update(written)
+        self._write_nodes(written, order, batch_ids)
         conn = self._conn
-        conn.executemany(UPSERT_NODE, [(h, d, order) for h, d in written.items()])
         conn.execute(
             "INSERT INTO roots(tx_order, state_root, block_height, block_hash, "
             "chain_timestamp) VALUES (?, ?, ?, ?, ?)",
@@ -227,6 +269,67 @@ class SqliteStateStore:
             [(order, h) for h in stale],
         )
         return TxResult(order, new_root, len(written), reused, len(stale))
+
+    def _write_nodes(self, written: dict[bytes, bytes], order: int, ids: dict[bytes, int]) -> None:
+        """Upserts `written`, children first, each with its children's row ids (`kids`).
+        Children the tx does not write are looked up; a missing one is a broken base tree."""
+        kids_of = {h: smt.children(d) for h, d in written.items()}
+        outside = list({c for kids in kids_of.values() for c in kids} - written.keys() - ids.keys())
+        for chunk in _chunks(outside):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT hash, id FROM nodes WHERE hash IN ({marks})"
+            ids.update(self._conn.execute(sql, chunk))
+        missing = [c for c in outside if c not in ids]
+        if missing:
+            raise smt.MissingNodeError(missing[0])
+        done: set[bytes] = set()
+        execute = self._conn.execute
+
+        def put(h: bytes) -> None:
+            for child in kids_of[h]:  # smt.update writes children first: this rarely recurses
+                if child in written and child not in done:
+                    put(child)
+            kids = pack_ids([ids[c] for c in kids_of[h]])
+            ids[h] = execute(UPSERT_NODE, (h, written[h], order, kids)).fetchone()[0]
+            done.add(h)
+
+        for h in written:
+            if h not in done:
+                put(h)
+
+    def backfill_kids(self, batch: int = 20_000) -> int:
+        """Fills `kids` of rows written before the column existed; returns how many. A row whose
+        child is gone (garbage a sweep left half deleted) keeps NULL: the pruner's lookups fall
+        back to hashes for it."""
+        conn, filled, after = self._conn, 0, 0
+        while True:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = conn.execute(
+                    "SELECT id, data FROM nodes WHERE id > ? AND kids IS NULL ORDER BY id LIMIT ?",
+                    (after, batch),
+                ).fetchall()
+                kids_of = {i: smt.children(d) for i, d in rows}
+                wanted = list({c for kids in kids_of.values() for c in kids})
+                ids: dict[bytes, int] = {}
+                for chunk in _chunks(wanted):
+                    marks = ",".join("?" * len(chunk))
+                    sql = f"SELECT hash, id FROM nodes WHERE hash IN ({marks})"
+                    ids.update(conn.execute(sql, chunk))
+                updates = [
+                    (pack_ids([ids[c] for c in kids]), i)
+                    for i, kids in kids_of.items()
+                    if all(c in ids for c in kids)
+                ]
+                conn.executemany("UPDATE nodes SET kids = ? WHERE id = ?", updates)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            filled += len(updates)
+            if not rows:
+                return filled
+            after = rows[-1][0]
 
     @staticmethod
     def _stale_candidates(

@@ -20,6 +20,7 @@ from domain.ports import (
     ChainMetadata,
     ChainStatePort,
     ChainView,
+    Expansion,
     JournalEntry,
     NodeRecord,
     NodeStorePort,
@@ -217,8 +218,9 @@ class HookedNodeStore:
         self._enter("fetch")
         return self.inner.fetch(hashes, skip_data)
 
-    def children(self, data: bytes) -> list[bytes]:
-        return self.inner.children(data)
+    def expand(self, row_ids: list[int]) -> Expansion:
+        self._enter("expand")
+        return self.inner.expand(row_ids)
 
     def delete_guarded(
         self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from domain.ports import EventLog, JournalEntry, NodeRecord, NodeStorePort
+from domain.ports import EventLog, Expansion, JournalEntry, NodeRecord, NodeStorePort
 from infrastructure.testkit.strategies import FaultSpec
 
 A = TypeVar("A", bound=Aggregate)
@@ -93,8 +93,11 @@ class SteppingNodeStore:
         self._done(spec)
         return out
 
-    def children(self, data: bytes) -> list[bytes]:
-        return self.inner.children(data)
+    def expand(self, row_ids: list[int]) -> Expansion:
+        spec = self._fault("expand")
+        out = self.inner.expand(row_ids)
+        self._done(spec)
+        return out
 
     def delete_guarded(
         self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]

@@ -63,6 +63,7 @@ FAULT_METHODS: Final = (
     "retained_roots",
     "expired_roots",
     "fetch",
+    "expand",
     "delete_guarded",
     "stale_entries",
     "sweep_stale",
