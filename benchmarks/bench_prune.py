@@ -207,52 +207,62 @@ def runtime(data_dir: Path, prune: PruneConfig) -> Iterator[Runtime]:
 
 
 class Probe:
-    """Counts and times what the pruner asks of its store, without changing it."""
+    """Counts and times what the pruner asks of its store, without changing it, and records
+    every store operation in order (`ops`) for the baseline to replay with raw SQL."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rows_fetched = 0
         self.fetch_calls = 0
         self.delete_path_s = 0.0  # Pruner._delete: the store's transaction plus the bookkeeping
-        self.store_delete_s = 0.0  # of which: the store's delete transaction
-        self.batches: list[list[int]] = []
+        self.store_delete_s = 0.0  # of which: the store's delete transactions
+        self.max_transaction_s = 0.0  # the longest the writer waited on one of them
+        self.batches: list[list[int]] = []  # row ids per delete transaction
+        self.ops: list[tuple[str, Any]] = []
         pruner: Any = rt.pruner
         nodes: Any = pruner.nodes  # what the pruner calls (a fault wrapper, if one is installed)
-        fetch, expand, guarded, stale, delete = (
+        fetch, expand, stale_entries, guarded, stale, delete = (
             nodes.fetch,
             nodes.expand,
+            nodes.stale_entries,
             nodes.delete_guarded,
             nodes.sweep_stale,
             pruner._delete,
         )
-        self.lookups: list[tuple[str, list[Any]]] = []  # what the baseline replays
 
         def counted_fetch(hashes: list[bytes], *a: Any, **k: Any) -> Any:
             self.fetch_calls += 1
             self.rows_fetched += len(hashes)
-            self.lookups.append(("hash", list(hashes)))
+            self.ops.append(("hash", list(hashes)))
             return fetch(hashes, *a, **k)
 
         def counted_expand(row_ids: list[int]) -> Any:
             self.fetch_calls += 1
             self.rows_fetched += len(row_ids)
-            self.lookups.append(("id", list(row_ids)))
+            self.ops.append(("id", list(row_ids)))
             return expand(row_ids)
+
+        def recorded_stale_entries(up_to: int, limit: int) -> Any:
+            self.ops.append(("stale", (up_to, limit)))
+            return stale_entries(up_to, limit)
+
+        def timed(run: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return run()
+            finally:
+                took = time.perf_counter() - t
+                self.store_delete_s += took
+                self.max_transaction_s = max(self.max_transaction_s, took)
 
         def recorded_guarded(row_ids: list[int], *a: Any) -> Any:
             self.batches.append(list(row_ids))
-            t = time.perf_counter()
-            try:
-                return guarded(row_ids, *a)
-            finally:
-                self.store_delete_s += time.perf_counter() - t
+            self.ops.append(("delete", (list(row_ids), [])))
+            return timed(lambda: guarded(row_ids, *a))
 
         def recorded_stale(entries: Any, row_ids: list[int], *a: Any) -> Any:
             self.batches.append(list(row_ids))
-            t = time.perf_counter()
-            try:
-                return stale(entries, row_ids, *a)
-            finally:
-                self.store_delete_s += time.perf_counter() - t
+            self.ops.append(("delete", (list(row_ids), list(entries))))
+            return timed(lambda: stale(entries, row_ids, *a))
 
         def timed_delete(*a: Any, **k: Any) -> Any:
             t = time.perf_counter()
@@ -263,6 +273,7 @@ class Probe:
 
         nodes.fetch = counted_fetch
         nodes.expand = counted_expand
+        nodes.stale_entries = recorded_stale_entries
         nodes.delete_guarded = recorded_guarded
         nodes.sweep_stale = recorded_stale
         pruner._delete = timed_delete
@@ -379,29 +390,71 @@ def bench_build_reach(src: Path, work: Path, facts: dict[str, Any]) -> dict[str,
 # --- 2. sweeps -------------------------------------------------------------------------------
 
 
-def baseline_delete(path: Path, batches: list[list[int]]) -> dict[str, Any]:
-    """The same row ids, batch by batch, with plain DELETEs: one transaction per batch."""
+def _in(column: str, n: int) -> str:
+    return f"{column} IN ({','.join('?' * n)})"
+
+
+def baseline_replay(path: Path, ops: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The pruner's store operations, in the same order, as plain SQL on one connection: the
+    same lookups (`SELECT id FROM nodes WHERE hash IN`, `SELECT id, kids ... WHERE id IN`, the
+    stale-index reads) and the same deletes (`DELETE FROM nodes WHERE id IN`, plus the same
+    range delete of the stale rows a batch consumed), one transaction per pruner transaction.
+    No guard, no journal, no fence, no swept flags, no events."""
     conn = raw_connection(path)
-    deleted = 0
+    execute = conn.execute
+    deleted = lookups_s = 0.0
+    transactions = 0
     t, cpu = time.perf_counter(), time.process_time()
-    for ids in batches:
-        conn.execute("BEGIN IMMEDIATE")
-        for i in range(0, len(ids), SQL_CHUNK):
-            chunk = ids[i : i + SQL_CHUNK]
-            cur = conn.execute(
-                f"DELETE FROM nodes WHERE id IN ({','.join('?' * len(chunk))})", chunk
-            )
-            deleted += cur.rowcount
-        conn.execute("COMMIT")
+    for kind, arg in ops:
+        t_op = time.perf_counter()
+        if kind == "hash":
+            for i in range(0, len(arg), SQL_CHUNK):
+                chunk = arg[i : i + SQL_CHUNK]
+                execute(
+                    f"SELECT hash, id FROM nodes WHERE {_in('hash', len(chunk))}", chunk
+                ).fetchall()
+        elif kind == "id":
+            ids = sorted(arg)
+            for i in range(0, len(ids), SQL_CHUNK):
+                chunk = ids[i : i + SQL_CHUNK]
+                sql = f"SELECT id, kids FROM nodes WHERE {_in('id', len(chunk))}"
+                unpack_ids(b"".join(k for _, k in execute(sql, chunk)))
+        elif kind == "stale":
+            execute(
+                "SELECT stale_order, hash FROM stale WHERE stale_order <= ? "
+                "ORDER BY stale_order, hash LIMIT ?",
+                arg,
+            ).fetchall()
+        else:
+            ids, entries = arg
+            transactions += 1
+            execute("BEGIN IMMEDIATE")
+            for i in range(0, len(ids), SQL_CHUNK):
+                chunk = ids[i : i + SQL_CHUNK]
+                deleted += execute(
+                    f"DELETE FROM nodes WHERE {_in('id', len(chunk))}", chunk
+                ).rowcount
+            if entries:
+                execute(
+                    "DELETE FROM stale WHERE (stale_order, hash) >= (?, ?) "
+                    "AND (stale_order, hash) <= (?, ?)",
+                    (*min(entries), *max(entries)),
+                )
+            execute("COMMIT")
+            continue
+        lookups_s += time.perf_counter() - t_op
     seconds, cpu_s = time.perf_counter() - t, time.process_time() - cpu
     final_ckpt = checkpoint(conn)
     conn.close()
     return {
-        "deleted": deleted,
-        "batches": len(batches),
+        "deleted": int(deleted),
+        "transactions": transactions,
         "seconds": round(seconds, 3),
+        "lookups_s": round(lookups_s, 3),
+        "deletes_s": round(seconds - lookups_s, 3),
         "cpu_s": round(cpu_s, 3),
-        "deleted_per_s": rate(deleted, seconds),
+        "deleted_per_s": rate(int(deleted), seconds),
+        "deletes_only_per_s": rate(int(deleted), seconds - lookups_s),
         "final_checkpoint_s": final_ckpt,
     }
 
@@ -420,7 +473,7 @@ def bench_sweep(
     stats = report.phases[phase]
     other = {k: round(v.seconds, 3) for k, v in report.phases.items() if k != phase}
     base_dir = work / f"{name}_baseline"
-    base = baseline_delete(fresh_copy(src, base_dir), probe.batches)
+    base = baseline_replay(fresh_copy(src, base_dir), probe.ops)
     shutil.rmtree(base_dir)
     ours_rate = rate(stats.deleted, stats.seconds)
     path_rate = rate(stats.deleted, probe.delete_path_s)
@@ -432,7 +485,9 @@ def bench_sweep(
         "kept_by_guard": stats.kept_by_guard,
         "visited": stats.visited,
         "roots_walked": stats.roots if phase == "SweepExpired" else None,
-        "batches": len(probe.batches),
+        "transactions": len(probe.batches),
+        "batches_per_commit": prune.batches_per_commit,
+        "max_transaction_s": round(probe.max_transaction_s, 3),
         "seconds": round(stats.seconds, 3),
         "deleted_per_s": ours_rate,
         "delete_path_s": round(probe.delete_path_s, 3),
@@ -447,7 +502,7 @@ def bench_sweep(
         "run_cycle_cpu_s": round(cpu_s, 3),
         "baseline": base,
         "ratio": ratio(ours_rate, base["deleted_per_s"]),
-        "ratio_delete_path": ratio(path_rate, base["deleted_per_s"]),
+        "ratio_delete_path": ratio(path_rate, base["deletes_only_per_s"]),
         "same_count_as_baseline": base["deleted"] == stats.deleted,
     }
 
@@ -511,6 +566,7 @@ def main(argv: list[str] | None = None) -> None:
         help="protection_orders for the sweeps (capped at a tenth of the chain)",
     )
     parser.add_argument("--delete-batch", type=int, default=PruneConfig().delete_batch_size)
+    parser.add_argument("--batches-per-commit", type=int, default=PruneConfig().batches_per_commit)
     parser.add_argument("--only", choices=["reach", "expired", "incremental"], action="append")
     args = parser.parse_args(argv)
     args.cache_dir = args.cache_dir.absolute()
@@ -525,6 +581,7 @@ def main(argv: list[str] | None = None) -> None:
         "store": {**facts, "cache": str(src.parent), "workload": meta},
         "settings": {
             "delete_batch_size": args.delete_batch,
+            "batches_per_commit": args.batches_per_commit,
             "fetch_batch": FETCH_BATCH,
             "sql_chunk": SQL_CHUNK,
             "pragmas_ours_and_baselines": list(PRUNER_PRAGMAS),
@@ -542,6 +599,7 @@ def main(argv: list[str] | None = None) -> None:
         sweep = PruneConfig(
             protection_orders=protection,
             delete_batch_size=args.delete_batch,
+            batches_per_commit=args.batches_per_commit,
             enable_incremental_sweep=False,
         )
         if "expired" in only:
@@ -555,6 +613,7 @@ def main(argv: list[str] | None = None) -> None:
             incremental = PruneConfig(
                 protection_orders=protection,
                 delete_batch_size=args.delete_batch,
+                batches_per_commit=args.batches_per_commit,
                 enable_incremental_sweep=True,
             )
             out["incremental_sweep"] = bench_sweep(

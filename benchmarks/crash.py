@@ -89,6 +89,7 @@ class Options:
     initial_txs: int = 300
     protection_orders: int = 40
     delete_batch_size: int = 100
+    batches_per_commit: int = 2  # so kills land inside and between multi-batch transactions
     interval_s: float = 0.05
     writer_sleep_ms: float = 150.0
     timed_delay_s: tuple[float, float] = (0.1, 2.5)  # after the gate opens
@@ -144,6 +145,7 @@ def config_toml(opts: Options) -> str:
         f"protection_orders = {opts.protection_orders}\n"
         f"interval_s = {opts.interval_s}\n"
         f"delete_batch_size = {opts.delete_batch_size}\n"
+        f"batches_per_commit = {opts.batches_per_commit}\n"
     )
 
 

@@ -88,9 +88,19 @@ class PruneConfig(_Checked):
     interval_s: float = 60.0
     delete_batch_size: int = 5_000
     enable_incremental_sweep: bool = True
+    # Delete batches per state-store transaction. Each batch is still its own NodesSwept
+    # event; a bigger transaction rewrites each random page of the hash index once for
+    # several batches (bench_prune: the rate roughly doubles from 1 to 8), at the cost of
+    # holding the writer off for longer (about 0.5 s for 8 batches of 5000).
+    batches_per_commit: int = 8
 
     def __post_init__(self) -> None:
         self._check_types()
-        self._positive("interval_s", "delete_batch_size")
+        self._positive("interval_s", "delete_batch_size", "batches_per_commit")
+        if self.delete_batch_size * self.batches_per_commit > 1_000_000:
+            raise ConfigError(
+                "PruneConfig.delete_batch_size * batches_per_commit must be <= 1000000 rows "
+                "per transaction (the writer waits for the whole transaction)"
+            )
         if self.protection_orders < 0:
             raise ConfigError("PruneConfig.protection_orders must be >= 0")

@@ -122,6 +122,18 @@ class JournalEntry:
     owner: str = ""
     fence_token: int = 0
     group: str = ""
+    # One transaction may delete several audit batches: its rows go to NodesSwept events of
+    # `event_rows` each, numbered from `batch_no`. 0: one event for the whole entry.
+    event_rows: int = 0
+
+    def event_batches(self, deleted: list[tuple[bytes, int]]) -> list[tuple[int, DeletedNodes]]:
+        """(batch_no, part) per NodesSwept event of `deleted`, what this entry journaled."""
+        row_ids = row_ids_of(deleted) or self.row_ids
+        size = self.event_rows or max(1, len(deleted))
+        return [
+            (self.batch_no + n, DeletedNodes(deleted[i : i + size], row_ids[i : i + size]))
+            for n, i in enumerate(range(0, len(deleted), size))
+        ]
 
 
 class DeletedNodes(list[tuple[bytes, int]]):

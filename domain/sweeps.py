@@ -32,7 +32,6 @@ from domain.ports import (
     Progress,
     ReachSet,
     ReachStorePort,
-    row_ids_of,
 )
 from domain.snapshot import AtomicSnapshot, Snapshot, snapshot_uuid
 
@@ -183,7 +182,7 @@ class PhaseWork:
             if root in root_ids:
                 pending.extend(self._unmarked_below(root_ids[root], reach, seen))
             pending_roots.append(order)
-            if len(pending) >= self.config.delete_batch_size or done == len(expired):
+            if len(pending) >= self._commit_rows or done == len(expired):
                 self._delete_roots(snap, pending, pending_roots, stats)
                 stats.roots = done
                 self._checkpoint(snap, PrunePhase.SWEEP_EXPIRED, {"swept_through_order": order})
@@ -198,8 +197,7 @@ class PhaseWork:
         walk: still reachable from a root that is not yet marked swept (marking happens in
         the last transaction), and the next cycle walks it again."""
         garbage.reverse()
-        size = self.config.delete_batch_size
-        chunks = list(_batches(garbage, size)) or [[]]
+        chunks = list(_batches(garbage, self._commit_rows)) or [[]]
         for i, ids in enumerate(chunks):
             last = i == len(chunks) - 1
             self._delete(snap, PrunePhase.SWEEP_EXPIRED, ids, stats, swept=orders if last else [])
@@ -219,6 +217,10 @@ class PhaseWork:
             self._keep_lock(PrunePhase.SWEEP_EXPIRED)
         return found
 
+    @property
+    def _commit_rows(self) -> int:
+        return self.config.delete_batch_size * self.config.batches_per_commit
+
     def _keep_lock(self, phase: PrunePhase) -> None:
         """A long walk renews its lock too; reading the lock costs a query, so only every
         quarter timeout by this pruner's clock."""
@@ -233,7 +235,7 @@ class PhaseWork:
         self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport
     ) -> None:
         reach = self._reach_set(snap)
-        limit = self.config.delete_batch_size
+        limit = self._commit_rows
         while entries := self.nodes.stale_entries(snap.retained_from_order, limit):
             hashes = list(dict.fromkeys(h for _, h in entries))
             records = self.nodes.fetch(hashes, skip_data=ALL_ROWS)
@@ -268,6 +270,7 @@ class PhaseWork:
             owner=self.manager.owner,
             fence_token=token,
             group=snap.group,
+            event_rows=self.config.delete_batch_size,
         )
         if stale is None:
             deleted = self.nodes.delete_guarded(ids, snap.latest_order, entry, swept or [])
@@ -277,8 +280,9 @@ class PhaseWork:
         stats.deleted += len(deleted)
         stats.bytes_freed += sum(n for _, n in deleted)
         if deleted:
-            now, row_ids = self.manager.clock.now(), row_ids_of(deleted)
-            cycle.record_batch(phase, snap.snapshot_id, batch_no, deleted, now, row_ids)
+            now = self.manager.clock.now()
+            for no, part in entry.event_batches(deleted):  # saved together: all or none
+                cycle.record_batch(phase, snap.snapshot_id, no, part, now, part.row_ids)
             self.log.save(cycle)
         self.nodes.mark_journal_logged(entry.batch_key)
 
@@ -293,14 +297,22 @@ class PhaseWork:
         logged = 0
         for entry in self.nodes.unlogged_journal():
             cycle = self.log.get(cycle_uuid(self.manager.group, entry.cycle_no), PruneCycle)
-            if entry.batch_no not in cycle.batches_logged and entry.deleted:
+            parts = [
+                (no, part)
+                for no, part in entry.event_batches(entry.deleted)
+                if no not in cycle.batches_logged
+            ]
+            if parts:
                 phase, now = PrunePhase(entry.phase), self._now()
-                args = (phase, entry.snapshot_id, entry.batch_no, entry.deleted, now, entry.row_ids)
-                if cycle.accepts_batch(phase, entry.snapshot_id):
-                    cycle.record_batch(*args)
-                else:  # the cycle moved on (failed, rolled back, finished): still audited
-                    cycle.record_recovered_batch(*args)
+                # A cycle that moved on (failed, rolled back, finished) still audits them.
+                record = (
+                    cycle.record_batch
+                    if cycle.accepts_batch(phase, entry.snapshot_id)
+                    else cycle.record_recovered_batch
+                )
+                for no, part in parts:
+                    record(phase, entry.snapshot_id, no, part, now, part.row_ids)
                 self.log.save(cycle)
-                logged += 1
+                logged += len(parts)
             self.nodes.mark_journal_logged(entry.batch_key)
         return logged

@@ -45,7 +45,8 @@ min_healthy_cycles = 3
 [prune]                         # PruneConfig
 protection_orders = 30000       # roots in [latest - this, latest] are retained
 interval_s = 60.0               # pause between cycles in `prunelog run`
-delete_batch_size = 5000        # nodes per guarded-delete transaction and audit event
+delete_batch_size = 5000        # nodes per delete batch: one NodesSwept audit event each
+batches_per_commit = 8          # delete batches per state-store transaction
 enable_incremental_sweep = true
 """
 

@@ -21,7 +21,8 @@ __all__ = ["FileReachStore", "RoaringReach", "SqliteNodeStore", "tune_connection
 JOURNAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweep_journal (batch_key TEXT PRIMARY KEY, cycle_no INTEGER NOT NULL,
     snapshot_id INTEGER NOT NULL, phase TEXT NOT NULL, batch_no INTEGER NOT NULL,
-    deleted BLOB NOT NULL, logged INTEGER NOT NULL DEFAULT 0, row_ids BLOB);
+    deleted BLOB NOT NULL, logged INTEGER NOT NULL DEFAULT 0, row_ids BLOB,
+    event_rows INTEGER NOT NULL DEFAULT 0);
 """
 # The newest lock holding that deleted in each group: a delete under an older fencing token is
 # refused inside its own transaction (see JournalEntry.fence_token).
@@ -29,16 +30,22 @@ FENCE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS prune_fence (grp TEXT PRIMARY KEY, token INTEGER NOT NULL,
     owner TEXT NOT NULL);
 """
-# A journal table made before the row_ids column gets it (NULL: "not recorded").
-_JOURNAL_ROW_IDS = "ALTER TABLE sweep_journal ADD COLUMN row_ids BLOB"
+# Columns a journal table made by an older version gets (row_ids NULL: "not recorded";
+# event_rows 0: one event per entry, as then).
+_JOURNAL_COLUMNS = {
+    "row_ids": "ALTER TABLE sweep_journal ADD COLUMN row_ids BLOB",
+    "event_rows": "ALTER TABLE sweep_journal ADD COLUMN event_rows INTEGER NOT NULL DEFAULT 0",
+}
 
 
 def ensure_journal(conn: sqlite3.Connection) -> None:
     conn.executescript(JOURNAL_SCHEMA + FENCE_SCHEMA)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(sweep_journal)")}
-    if "row_ids" not in columns:
+    for name, ddl in _JOURNAL_COLUMNS.items():
+        if name in columns:
+            continue
         try:
-            conn.execute(_JOURNAL_ROW_IDS)
+            conn.execute(ddl)
         except sqlite3.OperationalError as exc:  # another process added it first
             if "duplicate column" not in str(exc):
                 raise
@@ -222,7 +229,7 @@ class SqliteNodeStore:
             if deleted:
                 c.execute(
                     "INSERT INTO sweep_journal(batch_key, cycle_no, snapshot_id, phase, "
-                    "batch_no, deleted, row_ids) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "batch_no, deleted, row_ids, event_rows) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         journal.batch_key,
                         journal.cycle_no,
@@ -231,6 +238,7 @@ class SqliteNodeStore:
                         journal.batch_no,
                         msgpack.packb(list(deleted), use_bin_type=True),
                         msgpack.packb(deleted.row_ids),
+                        journal.event_rows,
                     ),
                 )
             c.execute("COMMIT")
@@ -291,8 +299,8 @@ class SqliteNodeStore:
 
     def unlogged_journal(self) -> list[JournalEntry]:
         rows = self.conn.execute(
-            "SELECT batch_key, cycle_no, snapshot_id, phase, batch_no, deleted, row_ids "
-            "FROM sweep_journal WHERE logged = 0 ORDER BY rowid"
+            "SELECT batch_key, cycle_no, snapshot_id, phase, batch_no, deleted, row_ids, "
+            "event_rows FROM sweep_journal WHERE logged = 0 ORDER BY rowid"
         ).fetchall()
         return [
             JournalEntry(
@@ -303,8 +311,9 @@ class SqliteNodeStore:
                 int(b),
                 [(bytes(h), int(n)) for h, n in msgpack.unpackb(d)],
                 [] if ids is None else [int(i) for i in msgpack.unpackb(ids)],
+                event_rows=int(n),
             )
-            for k, c, s, p, b, d, ids in rows
+            for k, c, s, p, b, d, ids, n in rows
         ]
 
     def mark_journal_logged(self, batch_key: str) -> None:

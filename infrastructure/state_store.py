@@ -117,7 +117,8 @@ class ChainViewRow:
 
 def add_kids_column(conn: sqlite3.Connection) -> None:
     """A store made before `kids` gets the column (NULL for its existing rows)."""
-    if "kids" in {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}
+    if not columns or "kids" in columns:  # no node table yet: the schema will have it
         return
     try:
         conn.execute(_ADD_KIDS)

@@ -29,6 +29,7 @@ class MachineConfig:
 
     protection_orders: int = 3
     delete_batch_size: int = 6
+    batches_per_commit: int = 2  # so a transaction often carries several audit batches
     lock_timeout_ms: int = 60_000
     max_snapshot_age_ms: int = 300_000
     workload_keys: int = 32
@@ -56,6 +57,7 @@ class MachineConfig:
             prune=PruneConfig(
                 protection_orders=self.protection_orders,
                 delete_batch_size=self.delete_batch_size,
+                batches_per_commit=self.batches_per_commit,
             ),
         )
 

@@ -44,9 +44,10 @@ crash = _load_harness()
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One prepared data dir (store, config, deleted_log trigger); each test copies it."""
+    """One prepared data dir (store, config, deleted_log trigger); each test copies it. One
+    audit batch per transaction, so the tests below count batches at the kill points."""
     path = tmp_path_factory.mktemp("crash-template") / "data"
-    crash.prepare(path, crash.Options(seed=5))
+    crash.prepare(path, crash.Options(seed=5, batches_per_commit=1))
     return path
 
 

@@ -244,6 +244,7 @@ def test_a_journal_from_before_row_ids_gains_the_column_and_its_entries_read_wit
         nodes.close()
 
     assert entry.deleted == [(b"\x01" * 32, 70)] and entry.row_ids == []
+    assert entry.event_rows == 0  # one event for the whole entry, as journaled then
 
 
 # --- usage ---------------------------------------------------------------------------------
