@@ -2,29 +2,36 @@
 that does the same work with no bookkeeping. Prints ONE JSON object.
 
 1. BuildReach nodes/s, with protection_orders >= latest_order so the retained window covers every
-   root and the reach set is (nearly) the whole store. Baseline: a plain Python BFS from the same
-   roots with the same batched `SELECT hash, id, data FROM nodes WHERE hash IN (...)` lookups
-   (same frontier batch and SQL chunk) and `smt.children`, a Python set of hashes as the visited
-   set, no bitmap, no events. The baseline's row ids must equal our reach set.
+   root and the reach set is the whole store. Baseline: a plain Python BFS from the same roots:
+   the same root lookup by hash, then the same `SELECT id, kids FROM nodes WHERE id IN (...)`
+   steps (same frontier batch, sorted, same SQL chunk), a roaring bitmap as the visited set
+   (the fastest visited set we know in Python), no events, no progress, no lock renewal. The
+   baseline's row ids must equal our reach set.
 2. Sweep nodes deleted/s:
    - SweepExpired on a fresh copy with a small protection_orders, so most nodes expire
      (IncrementalSweep off, so the cycle is BuildReach + SweepExpired);
    - IncrementalSweep on another fresh copy whose `roots.swept` flags were all set to 1 first:
      SweepExpired then has no root to walk and every expired node can only be found through the
      stale index, which is IncrementalSweep's job.
-   Baseline: the very row ids our pruner handed to the store, batch by batch, deleted with plain
-   `DELETE FROM nodes WHERE id IN (...)` (same batches, same SQL chunk), one transaction per
-   batch, on one connection; no guard, no RETURNING, no journal, no stale/swept updates, no
-   events. It runs on its own fresh copy.
+   Baseline (`baseline_replay`): every store operation our pruner made, replayed in the same
+   order as plain SQL on its own fresh copy: the same lookups (by hash, by row id, the
+   stale-index reads) and the same deletes (`DELETE FROM nodes WHERE id IN (...)` with the very
+   row ids, the same range delete of the stale rows a transaction consumed), one transaction
+   per pruner transaction; no guard, no pre-read of what is deleted, no journal, no fence, no
+   swept flags, no events. `ratio` compares whole phases; `ratio_delete_path` compares our
+   delete path with the baseline's deletes alone.
 3. Reach-set memory: bytes per node of the roaring bitmap, serialized (as persisted, after
    run_optimize) and in memory (`sys.getsizeof`, which pyroaring reports as its container bytes),
    both for the persisted bitmap and for the bitmap as BuildReach grows it (no run containers).
    tracemalloc is not meaningful: CRoaring allocates with malloc, outside Python's allocator.
 
+`max_transaction_s` is the longest delete transaction: how long a writer may wait for the
+pruner (`batches_per_commit` trades it against throughput).
+
 Timing: every Runtime gets a Clock backed by time.perf_counter, so PhaseStats.seconds (the
 domain's own phase timer, which spans the whole phase including persisting the reach set and
 appending events) is a perf_counter interval. The delete path of a sweep (Pruner._delete: lock
-check, guarded DELETE ... RETURNING, journal, stale/swept updates, NodesSwept event) is timed
+check, fenced and guarded delete, journal, stale/swept updates, NodesSwept events) is timed
 with perf_counter around each call; the rest of the phase is the walk or the stale-index lookups.
 Baselines are timed with perf_counter. cpu_s columns (time.process_time) show how much of a wall
 time was this process's CPU: the machine is shared.
@@ -34,7 +41,8 @@ a ratio measures bookkeeping, not tuning. Deferred WAL checkpoint work left at t
 is timed separately (`final_checkpoint_s`) for ours and for the baseline.
 
 The store is built once (seeded bulk workload, in process, until it holds >= --nodes nodes) and
-cached under --cache-dir keyed by its parameters; every measurement works on a fresh copy.
+cached under --cache-dir keyed by its parameters; every measurement works on a fresh copy. A
+store cached before the `kids` column is upgraded in place once (`backfill_kids`).
 
 Usage: python benchmarks/bench_prune.py [--nodes 1000000] [--cache-dir DIR]
 """

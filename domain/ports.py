@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
@@ -74,24 +74,6 @@ class EventLog(Protocol):
         ...
 
 
-class AllRows:
-    """`skip_data` for a lookup that needs row ids only."""
-
-    def __contains__(self, row_id: object) -> bool:
-        return True
-
-
-ALL_ROWS: Final = AllRows()
-
-
-class NodeRecord(NamedTuple):
-    """One stored node. A tuple: a lookup makes one per node, and this is its cheapest shape."""
-
-    hash: bytes
-    row_id: int
-    data: bytes
-
-
 # Row ids start at 1: a child the store cannot resolve to a row is reported as row 0, which a
 # walk then finds missing like any other.
 MISSING_ROW: Final = 0
@@ -102,7 +84,7 @@ class Expansion(NamedTuple):
     row ids of all their children (nested object roots included), in one flat list."""
 
     found: list[int]
-    children: list[int]
+    children: Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -164,12 +146,8 @@ class NodeStorePort(Protocol):
         """Not-yet-swept, unpinned roots with 0 < order < below_order, ascending."""
         ...
 
-    def fetch(
-        self, hashes: list[bytes], skip_data: Container[int] = frozenset()
-    ) -> list[NodeRecord]:
-        """The nodes that exist among `hashes` (missing ones are left out). A record whose row
-        id is in `skip_data` comes with empty `data`: IncrementalSweep passes ALL_ROWS, as it
-        needs row ids only (read from the hash index, no node data)."""
+    def ids_of(self, hashes: list[bytes]) -> dict[bytes, int]:
+        """The row ids of the stored ones among `hashes` (missing ones are left out)."""
         ...
 
     def expand(self, row_ids: list[int]) -> Expansion:

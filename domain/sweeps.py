@@ -25,7 +25,6 @@ from domain.errors import (
 from domain.manager import AtomicSnapshotManager
 from domain.phases import PrunePhase
 from domain.ports import (
-    ALL_ROWS,
     EventLog,
     JournalEntry,
     NodeStorePort,
@@ -37,6 +36,9 @@ from domain.snapshot import AtomicSnapshot, Snapshot, snapshot_uuid
 
 # Rows per `expand` call of a walk.
 FETCH_BATCH = 512
+# Expired roots SweepExpired walks together: neighbouring roots share most of their garbage's
+# upper levels, and one walk over many roots makes few large lookups instead of many small ones.
+ROOTS_PER_WALK = 64
 
 
 @dataclass
@@ -139,7 +141,7 @@ class PhaseWork:
     def _root_ids(self, roots: list[bytes]) -> dict[bytes, int]:
         """Row ids of the stored ones among `roots` (the empty tree has no node)."""
         wanted = list(dict.fromkeys(r for r in roots if any(r)))
-        return {rec.hash: rec.row_id for rec in self.nodes.fetch(wanted, skip_data=ALL_ROWS)}
+        return self.nodes.ids_of(wanted)
 
     def _mark(self, roots: list[bytes], reach: ReachSet, stats: PhaseStats) -> None:
         """Marks every row reachable from `roots`, by row id: the reach set itself is the
@@ -178,14 +180,17 @@ class PhaseWork:
         seen = self.reach_store.new()  # unmarked rows this sweep has collected
         pending: list[int] = []  # garbage of whole roots, in discovery order
         pending_roots: list[int] = []
-        for done, (order, root) in enumerate(expired, start=1):
-            if root in root_ids:
-                pending.extend(self._unmarked_below(root_ids[root], reach, seen))
-            pending_roots.append(order)
+        for start in range(0, len(expired), ROOTS_PER_WALK):
+            group = expired[start : start + ROOTS_PER_WALK]
+            ids = [root_ids[root] for _, root in group if root in root_ids]
+            pending.extend(self._unmarked_below(ids, reach, seen))
+            pending_roots.extend(order for order, _ in group)
+            done = start + len(group)
             if len(pending) >= self._commit_rows or done == len(expired):
                 self._delete_roots(snap, pending, pending_roots, stats)
                 stats.roots = done
-                self._checkpoint(snap, PrunePhase.SWEEP_EXPIRED, {"swept_through_order": order})
+                last = group[-1][0]
+                self._checkpoint(snap, PrunePhase.SWEEP_EXPIRED, {"swept_through_order": last})
                 pending, pending_roots = [], []
             self.progress(PrunePhase.SWEEP_EXPIRED.value, done, len(expired))
         stats.visited = len(seen)
@@ -202,12 +207,12 @@ class PhaseWork:
             last = i == len(chunks) - 1
             self._delete(snap, PrunePhase.SWEEP_EXPIRED, ids, stats, swept=orders if last else [])
 
-    def _unmarked_below(self, root_id: int, reach: ReachSet, seen: ReachSet) -> list[int]:
-        """Row ids under `root_id` that no retained root reaches and that no earlier root of
+    def _unmarked_below(self, root_ids: list[int], reach: ReachSet, seen: ReachSet) -> list[int]:
+        """Row ids under `root_ids` that no retained root reaches and that no earlier root of
         this sweep already collected (`seen`), parents before children. Rows already gone
         (a half-swept root of an earlier cycle) are left out."""
         found: list[int] = []
-        frontier = seen.add_new(reach.absent([root_id]))
+        frontier = seen.add_new(reach.absent(root_ids))
         while frontier:
             batch = frontier[-FETCH_BATCH:]
             del frontier[-FETCH_BATCH:]
@@ -238,8 +243,7 @@ class PhaseWork:
         limit = self._commit_rows
         while entries := self.nodes.stale_entries(snap.retained_from_order, limit):
             hashes = list(dict.fromkeys(h for _, h in entries))
-            records = self.nodes.fetch(hashes, skip_data=ALL_ROWS)
-            ids = [r.row_id for r in records if r.row_id not in reach]
+            ids = reach.absent(self.nodes.ids_of(hashes).values())
             stats.visited += len(entries)
             self._delete(snap, PrunePhase.INCREMENTAL_SWEEP, ids, stats, entries)
             self.progress(PrunePhase.INCREMENTAL_SWEEP.value, stats.visited, None)

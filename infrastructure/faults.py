@@ -4,7 +4,7 @@ process reaches `<point>` it writes one line to stderr and kills itself with SIG
 `finally`, no ROLLBACK and no buffered write runs, exactly as with `kill -9` from outside.
 
 Points:
-- `build_reach`: the n-th `fetch` of the state store while BuildReach marks.
+- `build_reach`: the n-th lookup (`ids_of`, `expand`) of the state store while BuildReach marks.
 - `between_batches`: right after the n-th NodesSwept event is saved, before its journal row
   is dropped and before the next delete.
 - `mid_delete`: inside the n-th delete transaction of a sweep (the guarded DELETE of nodes,
@@ -19,11 +19,11 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from domain.ports import Expansion, JournalEntry, NodeRecord, NodeStorePort
+from domain.ports import Expansion, JournalEntry, NodeStorePort
 from infrastructure.sqlite_nodes import SqliteNodeStore
 
 if TYPE_CHECKING:
@@ -99,12 +99,10 @@ class FaultyNodeStore:
         self._marking = False
         return self.inner.expired_roots(below_order)
 
-    def fetch(
-        self, hashes: list[bytes], skip_data: Container[int] = frozenset()
-    ) -> list[NodeRecord]:
+    def ids_of(self, hashes: list[bytes]) -> dict[bytes, int]:
         if self._marking:
             self.trigger.reached("build_reach")
-        return self.inner.fetch(hashes, skip_data)
+        return self.inner.ids_of(hashes)
 
     def expand(self, row_ids: list[int]) -> Expansion:
         if self._marking:

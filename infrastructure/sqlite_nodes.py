@@ -4,14 +4,12 @@ journal in the same transaction, the stale index, and the persisted reach set.""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Container
-from itertools import starmap
 from pathlib import Path
 
 import msgpack
 
 from domain.errors import LockNotHeldError
-from domain.ports import ALL_ROWS, MISSING_ROW, DeletedNodes, Expansion, JournalEntry, NodeRecord
+from domain.ports import MISSING_ROW, DeletedNodes, Expansion, JournalEntry
 from infrastructure import smt
 from infrastructure.reach_sets import FileReachStore, RoaringReach
 from infrastructure.state_store import add_kids_column, unpack_ids
@@ -118,53 +116,32 @@ class SqliteNodeStore:
 
     # --- nodes ---------------------------------------------------------------------------
 
-    def fetch(
-        self, hashes: list[bytes], skip_data: Container[int] = frozenset()
-    ) -> list[NodeRecord]:
-        out: list[NodeRecord] = []
+    def ids_of(self, hashes: list[bytes]) -> dict[bytes, int]:
+        out: dict[bytes, int] = {}
         execute = self.conn.execute
-        for i in range(0, len(hashes), _CHUNK):
+        for i in range(0, len(hashes), _CHUNK):  # from the covering hash index alone
             chunk = hashes[i : i + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            if not skip_data:
-                sql = f"SELECT hash, id, data FROM nodes WHERE hash IN ({marks})"
-                out.extend(starmap(NodeRecord, execute(sql, chunk)))
-                continue
-            # Ids from the covering hash index first; then only the rows still wanted are
-            # read, by row id. No slower than one lookup that reads every row (measured).
-            sql = f"SELECT hash, id FROM nodes WHERE hash IN ({marks})"
-            found: list[tuple[bytes, int]] = execute(sql, chunk).fetchall()
-            wanted = [row_id for _, row_id in found if row_id not in skip_data]
-            data: dict[int, bytes] = {}
-            if wanted:
-                sql = f"SELECT id, data FROM nodes WHERE id IN ({','.join('?' * len(wanted))})"
-                data = dict(execute(sql, wanted).fetchall())
-            for h, row_id in found:
-                if row_id in data:
-                    out.append(NodeRecord(h, row_id, data[row_id]))
-                elif row_id in skip_data:
-                    out.append(NodeRecord(h, row_id, b""))
-                # else: deleted between the two reads; left out like a missing node
+            sql = f"SELECT hash, id FROM nodes WHERE hash IN ({','.join('?' * len(chunk))})"
+            out.update(execute(sql, chunk))
         return out
 
     def expand(self, row_ids: list[int]) -> Expansion:
-        found: list[int] = []
-        packed: list[bytes] = []
-        legacy: list[int] = []  # rows from before the kids column
+        rows: list[tuple[int, bytes]] = []  # kids is NULL (None) for a row from before it
         execute = self.conn.execute
         ids = sorted(row_ids)  # neighbouring rows share pages
         for i in range(0, len(ids), _CHUNK):
             chunk = ids[i : i + _CHUNK]
             sql = f"SELECT id, kids FROM nodes WHERE id IN ({','.join('?' * len(chunk))})"
-            for row_id, kids in execute(sql, chunk):
-                found.append(row_id)
-                if kids is None:
-                    legacy.append(row_id)
-                else:
-                    packed.append(kids)
-        children = list(unpack_ids(b"".join(packed)))
-        if legacy:
-            children.extend(self._children_by_hash(legacy))
+            rows += execute(sql, chunk).fetchall()
+        found = [row_id for row_id, _ in rows]
+        try:
+            return Expansion(found, unpack_ids(b"".join([kids for _, kids in rows])))
+        except TypeError:  # a NULL kids: a row from before the column
+            pass
+        known = [(row_id, kids) for row_id, kids in rows if kids is not None]
+        children = list(unpack_ids(b"".join(kids for _, kids in known)))
+        done = {row_id for row_id, _ in known}
+        children += self._children_by_hash([row_id for row_id in found if row_id not in done])
         return Expansion(found, children)
 
     def _children_by_hash(self, row_ids: list[int]) -> list[int]:
@@ -175,7 +152,7 @@ class SqliteNodeStore:
             chunk = row_ids[i : i + _CHUNK]
             sql = f"SELECT data FROM nodes WHERE id IN ({','.join('?' * len(chunk))})"
             hashes.extend(c for (data,) in execute(sql, chunk) for c in smt.children(data))
-        found = {r.hash: r.row_id for r in self.fetch(list(dict.fromkeys(hashes)), ALL_ROWS)}
+        found = self.ids_of(list(dict.fromkeys(hashes)))
         return [found.get(h, MISSING_ROW) for h in hashes]
 
     def delete_guarded(
@@ -202,6 +179,7 @@ class SqliteNodeStore:
     ) -> DeletedNodes:
         c = self.conn
         deleted = DeletedNodes()
+        row_ids = sorted(row_ids)  # one transaction: order is free, and neighbours share pages
         c.execute("BEGIN IMMEDIATE")
         try:
             self._check_fence(journal)
@@ -288,12 +266,12 @@ class SqliteNodeStore:
             c.executemany("DELETE FROM stale WHERE stale_order = ? AND hash = ?", entries)
 
     def stale_entries(self, up_to_order: int, limit: int) -> list[tuple[int, bytes]]:
-        rows = self.conn.execute(
+        rows: list[tuple[int, bytes]] = self.conn.execute(  # (INTEGER, BLOB): int, bytes
             "SELECT stale_order, hash FROM stale WHERE stale_order <= ? "
             "ORDER BY stale_order, hash LIMIT ?",
             (up_to_order, limit),
         ).fetchall()
-        return [(int(o), bytes(h)) for o, h in rows]
+        return rows
 
     # --- journal -------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,6 @@ from domain.ports import (
     ChainView,
     Expansion,
     JournalEntry,
-    NodeRecord,
     NodeStorePort,
     ReachSet,
 )
@@ -212,11 +211,9 @@ class HookedNodeStore:
         self._enter("expired_roots")
         return [] if self.hide_expired_roots else self.inner.expired_roots(below_order)
 
-    def fetch(
-        self, hashes: list[bytes], skip_data: Container[int] = frozenset()
-    ) -> list[NodeRecord]:
-        self._enter("fetch")
-        return self.inner.fetch(hashes, skip_data)
+    def ids_of(self, hashes: list[bytes]) -> dict[bytes, int]:
+        self._enter("ids_of")
+        return self.inner.ids_of(hashes)
 
     def expand(self, row_ids: list[int]) -> Expansion:
         self._enter("expand")

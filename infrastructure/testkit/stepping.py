@@ -4,13 +4,13 @@ raise armed faults, so that the machine's steps land between two pruner steps.""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Container
+from collections.abc import Callable
 from typing import TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from domain.ports import EventLog, Expansion, JournalEntry, NodeRecord, NodeStorePort
+from domain.ports import EventLog, Expansion, JournalEntry, NodeStorePort
 from infrastructure.testkit.strategies import FaultSpec
 
 A = TypeVar("A", bound=Aggregate)
@@ -85,11 +85,9 @@ class SteppingNodeStore:
         self._done(spec)
         return out
 
-    def fetch(
-        self, hashes: list[bytes], skip_data: Container[int] = frozenset()
-    ) -> list[NodeRecord]:
-        spec = self._fault("fetch")
-        out = self.inner.fetch(hashes, skip_data)
+    def ids_of(self, hashes: list[bytes]) -> dict[bytes, int]:
+        spec = self._fault("ids_of")
+        out = self.inner.ids_of(hashes)
         self._done(spec)
         return out
 

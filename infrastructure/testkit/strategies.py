@@ -62,7 +62,7 @@ def writer_transactions(
 FAULT_METHODS: Final = (
     "retained_roots",
     "expired_roots",
-    "fetch",
+    "ids_of",
     "expand",
     "delete_guarded",
     "stale_entries",

@@ -56,6 +56,7 @@ def test_from_mapping_builds_the_same_config_as_keywords() -> None:
         (RecoveryConfig, {"backoff_multiplier": False}, "backoff_multiplier must be float"),
         (RecoveryConfig, {"max_phase_retries": 3.0}, "max_phase_retries must be int"),
         (PruneConfig, {"protection_orders": "30000"}, "protection_orders must be int"),
+        (PruneConfig, {"batches_per_commit": "8"}, "batches_per_commit must be int"),
     ],
 )
 def test_a_value_of_the_wrong_type_raises_config_error_naming_the_field(
@@ -81,6 +82,13 @@ def test_a_value_of_the_wrong_type_raises_config_error_naming_the_field(
         (PruneConfig, {"protection_orders": -1}, "protection_orders must be >= 0"),
         (PruneConfig, {"interval_s": 0}, "interval_s must be > 0"),
         (PruneConfig, {"delete_batch_size": 0}, "delete_batch_size must be > 0"),
+        (PruneConfig, {"batches_per_commit": 0}, "batches_per_commit must be > 0"),
+        (PruneConfig, {"batches_per_commit": -1}, "batches_per_commit must be > 0"),
+        (
+            PruneConfig,
+            {"delete_batch_size": 200_000, "batches_per_commit": 10},
+            r"delete_batch_size \* batches_per_commit must be <= 1000000",
+        ),
     ],
 )
 def test_a_value_out_of_range_raises_config_error_naming_the_field(
@@ -102,3 +110,13 @@ def test_a_config_error_is_a_value_error_and_the_edge_values_are_accepted() -> N
     assert RecoveryConfig(max_phase_retries=0, backoff_multiplier=1).backoff_multiplier == 1
     assert PruneConfig(protection_orders=0, interval_s=1).interval_s == 1
     assert RecoveryConfig(base_retry_delay_ms=5, max_retry_delay_ms=5).max_retry_delay_ms == 5
+
+
+def test_batches_per_commit_defaults_to_8_and_a_million_rows_per_transaction_is_accepted() -> None:
+    assert PruneConfig().batches_per_commit == 8
+    edge = PruneConfig(delete_batch_size=125_000, batches_per_commit=8)
+    assert edge.delete_batch_size * edge.batches_per_commit == 1_000_000
+    assert PruneConfig(batches_per_commit=1).batches_per_commit == 1
+    assert PruneConfig.from_mapping({"batches_per_commit": 3}).batches_per_commit == 3
+    with pytest.raises(ConfigError, match="batches_per_commit"):
+        PruneConfig.from_mapping({"delete_batch_size": 1_000_001, "batches_per_commit": 1})

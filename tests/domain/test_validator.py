@@ -329,7 +329,7 @@ def test_quick_health_check_passes_on_a_healthy_log(pruned: PrunerRig) -> None:
 def test_quick_health_check_fails_with_the_active_alerts_after_exhaustion(
     pruned: PrunerRig,
 ) -> None:
-    pruned.nodes.fail("fetch", Fault(times=None))
+    pruned.nodes.fail("ids_of", Fault(times=None))
     with pytest.raises(RecoveryExhaustedError):
         pruned.pruner.run_cycle()
 
@@ -353,7 +353,7 @@ def test_quick_health_check_fails_degraded_after_a_failed_validation(pruned: Pru
 def test_quick_health_check_names_recent_failures_when_no_alert_is_active(
     pruned: PrunerRig,
 ) -> None:
-    pruned.nodes.fail("fetch", Fault(times=1))
+    pruned.nodes.fail("ids_of", Fault(times=1))
     pruned.pruner.run_cycle()  # one retried failure: degraded, no alert
 
     result = quick_health_check(pruned.rt.log)

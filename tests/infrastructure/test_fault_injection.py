@@ -117,10 +117,10 @@ def health(rig: PrunerRig) -> HealthStatus:
 # --- transient faults: retried inside the phase ----------------------------------------------
 
 
-def test_a_fetch_that_fails_twice_is_retried_inside_build_reach_and_the_cycle_completes(
+def test_a_lookup_that_fails_twice_is_retried_inside_build_reach_and_the_cycle_completes(
     rig: PrunerRig,
 ) -> None:
-    rig.nodes.fail("fetch", Fault(times=2))
+    rig.nodes.fail("ids_of", Fault(times=2))
 
     report = rig.pruner.run_cycle()
 
@@ -259,7 +259,7 @@ def test_a_build_reach_that_keeps_failing_exhausts_without_rolling_back(
 ) -> None:
     """Phase rollback is for sweeps that keep failing: BuildReach has nothing to roll back
     to, so its retries are the whole recovery and the cycle stops on its first snapshot."""
-    fault = rig.nodes.fail("fetch", Fault(times=None))
+    fault = rig.nodes.fail("ids_of", Fault(times=None))
     before = rig.node_count()
 
     with pytest.raises(RecoveryExhaustedError):

@@ -303,13 +303,13 @@ def test_a_fault_names_a_real_method() -> None:
 
 def test_a_fault_plan_lets_skipped_calls_through_then_fails_once() -> None:
     plan = FaultPlan()
-    plan.arm(FaultSpec("fetch", skip=2))
+    plan.arm(FaultSpec("ids_of", skip=2))
     plan.arm(FaultSpec("delete_guarded", after_call=True))
-    assert plan.enter("fetch") is None
-    assert plan.enter("fetch") is None
-    with pytest.raises(Exception, match="injected into fetch"):
-        plan.enter("fetch")
-    assert plan.enter("fetch") is None
+    assert plan.enter("ids_of") is None
+    assert plan.enter("ids_of") is None
+    with pytest.raises(Exception, match="injected into ids_of"):
+        plan.enter("ids_of")
+    assert plan.enter("ids_of") is None
     assert plan.enter("delete_guarded") == FaultSpec("delete_guarded", after_call=True)
     assert plan.armed == []
 
