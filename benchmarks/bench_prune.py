@@ -228,8 +228,8 @@ class Probe:
         self.ops: list[tuple[str, Any]] = []
         pruner: Any = rt.pruner
         nodes: Any = pruner.nodes  # what the pruner calls (a fault wrapper, if one is installed)
-        fetch, expand, stale_entries, guarded, stale, delete = (
-            nodes.fetch,
+        ids_of, expand, stale_entries, guarded, stale, delete = (
+            nodes.ids_of,
             nodes.expand,
             nodes.stale_entries,
             nodes.delete_guarded,
@@ -237,11 +237,11 @@ class Probe:
             pruner._delete,
         )
 
-        def counted_fetch(hashes: list[bytes], *a: Any, **k: Any) -> Any:
+        def counted_ids_of(hashes: list[bytes]) -> Any:
             self.fetch_calls += 1
             self.rows_fetched += len(hashes)
             self.ops.append(("hash", list(hashes)))
-            return fetch(hashes, *a, **k)
+            return ids_of(hashes)
 
         def counted_expand(row_ids: list[int]) -> Any:
             self.fetch_calls += 1
@@ -279,7 +279,7 @@ class Probe:
             finally:
                 self.delete_path_s += time.perf_counter() - t
 
-        nodes.fetch = counted_fetch
+        nodes.ids_of = counted_ids_of
         nodes.expand = counted_expand
         nodes.stale_entries = recorded_stale_entries
         nodes.delete_guarded = recorded_guarded
