@@ -11,8 +11,8 @@ import msgpack
 from domain.errors import LockNotHeldError
 from domain.ports import MISSING_ROW, DeletedNodes, Expansion, JournalEntry
 from infrastructure import smt
+from infrastructure.node_kids import add_kids_column, unpack_ids
 from infrastructure.reach_sets import FileReachStore, RoaringReach
-from infrastructure.state_store import add_kids_column, unpack_ids
 
 __all__ = ["FileReachStore", "RoaringReach", "SqliteNodeStore", "tune_connection"]
 

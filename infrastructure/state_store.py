@@ -11,13 +11,36 @@ Genesis is the first committed transaction: tx_order 0. An empty store has no ro
 from __future__ import annotations
 
 import sqlite3
-import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from infrastructure import smt
+from infrastructure.node_kids import (
+    LOOKUP_CHUNK,
+    MAX_ROW_ID,
+    add_kids_column,
+    backfill_kids,
+    chunked,
+    pack_ids,
+    unpack_ids,
+    write_nodes,
+)
+
+__all__ = [
+    "MAX_ROW_ID",
+    "ChainViewRow",
+    "EmptyStoreError",
+    "RootRow",
+    "SqliteStateStore",
+    "TxResult",
+    "TxSpec",
+    "add_kids_column",
+    "block_hash_for",
+    "pack_ids",
+    "unpack_ids",
+]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -31,23 +54,10 @@ CREATE TABLE IF NOT EXISTS pinned_roots (state_root BLOB PRIMARY KEY) WITHOUT RO
 CREATE INDEX IF NOT EXISTS roots_by_height ON roots(block_height);
 """
 
-# `kids`: the row ids of the node's children (smt.children order), packed by `pack_ids`, so a
-# walk steps by row id (one b-tree) instead of by hash (two). Rewritten by every upsert: a
-# child deleted and written again has a new row id (AUTOINCREMENT never reuses one), and the
-# tx that writes it again refreshes every parent it writes. NULL: a row from before `kids`.
-UPSERT_NODE = (
-    "INSERT INTO nodes(hash, data, written_order, kids) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT(hash) DO UPDATE SET written_order = excluded.written_order, "
-    "kids = excluded.kids RETURNING id"
-)
-_ADD_KIDS = "ALTER TABLE nodes ADD COLUMN kids BLOB"
-_IDS = struct.Struct("<I")
-MAX_ROW_ID = 2**32 - 1  # the reach set is a 32-bit roaring bitmap too
 ROOT_COLUMNS = "tx_order, state_root, block_height, block_hash, chain_timestamp, swept"
 OBJECT_RAW = b"obj"
 BUSY_TIMEOUT_S = 30.0
 CACHE_KIB = 64 * 1024
-LOOKUP_CHUNK = 500  # stays under SQLite's bound-parameter limit
 
 
 class EmptyStoreError(LookupError):
@@ -56,21 +66,6 @@ class EmptyStoreError(LookupError):
 
 def block_hash_for(tx_order: int, state_root: bytes) -> bytes:
     return smt.sha256(b"block" + tx_order.to_bytes(8, "big") + state_root)
-
-
-def pack_ids(row_ids: Sequence[int]) -> bytes:
-    """Row ids as little-endian uint32s (the `kids` column)."""
-    try:
-        return struct.pack(f"<{len(row_ids)}I", *row_ids)
-    except struct.error:
-        raise OverflowError(
-            f"a row id is beyond {MAX_ROW_ID}, the limit of kids and of the reach set"
-        ) from None
-
-
-def unpack_ids(packed: bytes) -> tuple[int, ...]:
-    """The inverse of `pack_ids`; also reads several packed lists joined together."""
-    return struct.unpack(f"<{len(packed) // _IDS.size}I", packed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,23 +108,6 @@ class ChainViewRow:
     # Roots with order in [latest_order - protection_orders, latest_order], oldest first;
     # empty unless `read_chain_view` was asked for them.
     window_roots: tuple[bytes, ...] = ()
-
-
-def add_kids_column(conn: sqlite3.Connection) -> None:
-    """A store made before `kids` gets the column (NULL for its existing rows)."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}
-    if not columns or "kids" in columns:  # no node table yet: the schema will have it
-        return
-    try:
-        conn.execute(_ADD_KIDS)
-    except sqlite3.OperationalError as exc:  # another process added it first
-        if "duplicate column" not in str(exc):
-            raise
-
-
-def _chunks(items: list[bytes], size: int = LOOKUP_CHUNK) -> Iterator[list[bytes]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def _root_row(row: tuple[int, bytes, int, bytes, int, int]) -> RootRow:
@@ -258,7 +236,7 @@ class SqliteStateStore:
         unknown = [h for h in written if h not in seen and h not in batch_nodes]
         reused = len(written) - len(unknown) + self._count_existing(unknown)
         batch_nodes.update(written)
-        self._write_nodes(written, order, batch_ids)
+        write_nodes(self._conn, written, order, batch_ids)
         conn = self._conn
         conn.execute(
             "INSERT INTO roots(tx_order, state_root, block_height, block_hash, "
@@ -271,66 +249,10 @@ class SqliteStateStore:
         )
         return TxResult(order, new_root, len(written), reused, len(stale))
 
-    def _write_nodes(self, written: dict[bytes, bytes], order: int, ids: dict[bytes, int]) -> None:
-        """Upserts `written`, children first, each with its children's row ids (`kids`).
-        Children the tx does not write are looked up; a missing one is a broken base tree."""
-        kids_of = {h: smt.children(d) for h, d in written.items()}
-        outside = list({c for kids in kids_of.values() for c in kids} - written.keys() - ids.keys())
-        for chunk in _chunks(outside):
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT hash, id FROM nodes WHERE hash IN ({marks})"
-            ids.update(self._conn.execute(sql, chunk))
-        missing = [c for c in outside if c not in ids]
-        if missing:
-            raise smt.MissingNodeError(missing[0])
-        done: set[bytes] = set()
-        execute = self._conn.execute
-
-        def put(h: bytes) -> None:
-            for child in kids_of[h]:  # smt.update writes children first: this rarely recurses
-                if child in written and child not in done:
-                    put(child)
-            kids = pack_ids([ids[c] for c in kids_of[h]])
-            ids[h] = execute(UPSERT_NODE, (h, written[h], order, kids)).fetchone()[0]
-            done.add(h)
-
-        for h in written:
-            if h not in done:
-                put(h)
-
     def backfill_kids(self, batch: int = 20_000) -> int:
-        """Fills `kids` of rows written before the column existed; returns how many. A row whose
-        child is gone (garbage a sweep left half deleted) keeps NULL: the pruner's lookups fall
-        back to hashes for it."""
-        conn, filled, after = self._conn, 0, 0
-        while True:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                rows = conn.execute(
-                    "SELECT id, data FROM nodes WHERE id > ? AND kids IS NULL ORDER BY id LIMIT ?",
-                    (after, batch),
-                ).fetchall()
-                kids_of = {i: smt.children(d) for i, d in rows}
-                wanted = list({c for kids in kids_of.values() for c in kids})
-                ids: dict[bytes, int] = {}
-                for chunk in _chunks(wanted):
-                    marks = ",".join("?" * len(chunk))
-                    sql = f"SELECT hash, id FROM nodes WHERE hash IN ({marks})"
-                    ids.update(conn.execute(sql, chunk))
-                updates = [
-                    (pack_ids([ids[c] for c in kids]), i)
-                    for i, kids in kids_of.items()
-                    if all(c in ids for c in kids)
-                ]
-                conn.executemany("UPDATE nodes SET kids = ? WHERE id = ?", updates)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            filled += len(updates)
-            if not rows:
-                return filled
-            after = rows[-1][0]
+        """Fills `kids` of rows written before the column existed; returns how many (see
+        `node_kids.backfill_kids`)."""
+        return backfill_kids(self._conn, batch)
 
     @staticmethod
     def _stale_candidates(
@@ -354,7 +276,7 @@ class SqliteStateStore:
 
     def _count_existing(self, hashes: list[bytes]) -> int:
         count = 0
-        for chunk in _chunks(hashes):
+        for chunk in chunked(hashes):
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT COUNT(*) FROM nodes WHERE hash IN ({marks})"
             count += self._conn.execute(sql, chunk).fetchone()[0]
@@ -464,7 +386,7 @@ class SqliteStateStore:
     def fetch_nodes(self, hashes: Sequence[bytes]) -> dict[bytes, bytes]:
         """`{hash: data}` for the stored ones among `hashes`, in chunked IN lookups."""
         out: dict[bytes, bytes] = {}
-        for chunk in _chunks(list(hashes)):
+        for chunk in chunked(list(hashes)):
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT hash, data FROM nodes WHERE hash IN ({marks})"
             out.update(self._conn.execute(sql, chunk).fetchall())

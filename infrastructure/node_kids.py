@@ -1,0 +1,124 @@
+"""The `kids` column of the state store's node table: each node's children's row ids, so a
+walk steps by row id (one b-tree) instead of by hash (the hash index, then the table).
+
+Written by the writer in the node's own transaction and rewritten by every upsert, so a child
+deleted and written again (a new row id: AUTOINCREMENT never reuses one) gets its new id in
+every parent the tx writes. NULL: a row from before the column; readers fall back to hashes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+from collections.abc import Iterator, Sequence
+
+from infrastructure import smt
+
+# `kids` holds the children's row ids in smt.children order, packed by `pack_ids`.
+UPSERT_NODE = (
+    "INSERT INTO nodes(hash, data, written_order, kids) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(hash) DO UPDATE SET written_order = excluded.written_order, "
+    "kids = excluded.kids RETURNING id"
+)
+_ADD_KIDS = "ALTER TABLE nodes ADD COLUMN kids BLOB"
+_IDS = struct.Struct("<I")
+MAX_ROW_ID = 2**32 - 1  # the reach set is a 32-bit roaring bitmap too
+
+LOOKUP_CHUNK = 500  # stays under SQLite's bound-parameter limit
+
+
+def chunked(items: list[bytes], size: int = LOOKUP_CHUNK) -> Iterator[list[bytes]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def pack_ids(row_ids: Sequence[int]) -> bytes:
+    """Row ids as little-endian uint32s (the `kids` column)."""
+    try:
+        return struct.pack(f"<{len(row_ids)}I", *row_ids)
+    except struct.error:
+        raise OverflowError(
+            f"a row id is beyond {MAX_ROW_ID}, the limit of kids and of the reach set"
+        ) from None
+
+
+def unpack_ids(packed: bytes) -> tuple[int, ...]:
+    """The inverse of `pack_ids`; also reads several packed lists joined together."""
+    return struct.unpack(f"<{len(packed) // _IDS.size}I", packed)
+
+
+def add_kids_column(conn: sqlite3.Connection) -> None:
+    """A store made before `kids` gets the column (NULL for its existing rows)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}
+    if not columns or "kids" in columns:  # no node table yet: the schema will have it
+        return
+    try:
+        conn.execute(_ADD_KIDS)
+    except sqlite3.OperationalError as exc:  # another process added it first
+        if "duplicate column" not in str(exc):
+            raise
+
+
+def write_nodes(
+    conn: sqlite3.Connection, written: dict[bytes, bytes], order: int, ids: dict[bytes, int]
+) -> None:
+    """Upserts `written`, children first, each with its children's row ids (`kids`).
+    Children the tx does not write are looked up; a missing one is a broken base tree."""
+    kids_of = {h: smt.children(d) for h, d in written.items()}
+    outside = list({c for kids in kids_of.values() for c in kids} - written.keys() - ids.keys())
+    for chunk in chunked(outside):
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT hash, id FROM nodes WHERE hash IN ({marks})"
+        ids.update(conn.execute(sql, chunk))
+    missing = [c for c in outside if c not in ids]
+    if missing:
+        raise smt.MissingNodeError(missing[0])
+    done: set[bytes] = set()
+    execute = conn.execute
+
+    def put(h: bytes) -> None:
+        for child in kids_of[h]:  # smt.update writes children first: this rarely recurses
+            if child in written and child not in done:
+                put(child)
+        kids = pack_ids([ids[c] for c in kids_of[h]])
+        ids[h] = execute(UPSERT_NODE, (h, written[h], order, kids)).fetchone()[0]
+        done.add(h)
+
+    for h in written:
+        if h not in done:
+            put(h)
+
+
+def backfill_kids(conn: sqlite3.Connection, batch: int = 20_000) -> int:
+    """Fills `kids` of rows written before the column existed; returns how many. A row whose
+    child is gone (garbage a sweep left half deleted) keeps NULL: the pruner's lookups fall
+    back to hashes for it."""
+    filled, after = 0, 0
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(
+                "SELECT id, data FROM nodes WHERE id > ? AND kids IS NULL ORDER BY id LIMIT ?",
+                (after, batch),
+            ).fetchall()
+            kids_of = {i: smt.children(d) for i, d in rows}
+            wanted = list({c for kids in kids_of.values() for c in kids})
+            ids: dict[bytes, int] = {}
+            for chunk in chunked(wanted):
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT hash, id FROM nodes WHERE hash IN ({marks})"
+                ids.update(conn.execute(sql, chunk))
+            updates = [
+                (pack_ids([ids[c] for c in kids]), i)
+                for i, kids in kids_of.items()
+                if all(c in ids for c in kids)
+            ]
+            conn.executemany("UPDATE nodes SET kids = ? WHERE id = ?", updates)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        filled += len(updates)
+        if not rows:
+            return filled
+        after = rows[-1][0]
