@@ -14,7 +14,8 @@ from collections.abc import Iterator, Sequence
 
 from infrastructure import smt
 
-# `kids` holds the children's row ids in smt.children order, packed by `pack_ids`.
+# The write barrier (a hash that already exists is stamped again), with `kids`, the
+# children's row ids in smt.children order (`pack_ids`), rewritten too.
 UPSERT_NODE = (
     "INSERT INTO nodes(hash, data, written_order, kids) VALUES (?, ?, ?, ?) "
     "ON CONFLICT(hash) DO UPDATE SET written_order = excluded.written_order, "
@@ -59,21 +60,39 @@ def add_kids_column(conn: sqlite3.Connection) -> None:
             raise
 
 
+def read_for_write(conn: sqlite3.Connection, h: bytes, ids: dict[bytes, int]) -> bytes:
+    """A node the writer reads from its base tree, whose `kids` also give the row ids of its
+    children: the siblings the new path nodes will point at, found without a lookup. A live
+    node's kids name live rows (a sweep never deletes a child of a retained node), and ids
+    already known (written in this transaction) win."""
+    row = conn.execute("SELECT data, kids FROM nodes WHERE hash = ?", (h,)).fetchone()
+    if row is None:
+        raise smt.MissingNodeError(h)
+    data: bytes = row[0]
+    if row[1] is not None:
+        for child, row_id in zip(smt.children(data), unpack_ids(row[1]), strict=True):
+            ids.setdefault(child, row_id)
+    return data
+
+
 def write_nodes(
     conn: sqlite3.Connection, written: dict[bytes, bytes], order: int, ids: dict[bytes, int]
 ) -> None:
-    """Upserts `written`, children first, each with its children's row ids (`kids`).
-    Children the tx does not write are looked up; a missing one is a broken base tree."""
+    """Upserts `written`, children first, each with its children's row ids (`kids`), inside
+    the caller's write transaction. Children the tx does not write come from `ids` (filled by
+    `read_for_write` and earlier txs of the batch) or are looked up; a missing one is a broken
+    base tree."""
     kids_of = {h: smt.children(d) for h, d in written.items()}
-    outside = list({c for kids in kids_of.values() for c in kids} - written.keys() - ids.keys())
-    for chunk in chunked(outside):
-        marks = ",".join("?" * len(chunk))
-        sql = f"SELECT hash, id FROM nodes WHERE hash IN ({marks})"
-        ids.update(conn.execute(sql, chunk))
-    missing = [c for c in outside if c not in ids]
-    if missing:
-        raise smt.MissingNodeError(missing[0])
-    done: set[bytes] = set()
+    outside = [c for kids in kids_of.values() for c in kids if c not in ids and c not in written]
+    if outside:
+        outside = list(dict.fromkeys(outside))
+        for chunk in chunked(outside):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT hash, id FROM nodes WHERE hash IN ({marks})"
+            ids.update(conn.execute(sql, chunk))
+        missing = [c for c in outside if c not in ids]
+        if missing:
+            raise smt.MissingNodeError(missing[0])
     execute = conn.execute
 
     def put(h: bytes) -> None:
@@ -84,6 +103,7 @@ def write_nodes(
         ids[h] = execute(UPSERT_NODE, (h, written[h], order, kids)).fetchone()[0]
         done.add(h)
 
+    done: set[bytes] = set()
     for h in written:
         if h not in done:
             put(h)

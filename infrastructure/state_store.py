@@ -24,6 +24,7 @@ from infrastructure.node_kids import (
     backfill_kids,
     chunked,
     pack_ids,
+    read_for_write,
     unpack_ids,
     write_nodes,
 )
@@ -213,7 +214,9 @@ class SqliteStateStore:
 
         def read(h: bytes) -> bytes:
             data = batch_nodes.get(h)
-            seen[h] = data = self.read_node(h) if data is None else data
+            if data is None:
+                data = read_for_write(self._conn, h, batch_ids)
+            seen[h] = data
             return data
 
         written: dict[bytes, bytes] = {}

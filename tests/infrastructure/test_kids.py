@@ -432,9 +432,9 @@ def test_expand_reports_a_deleted_child_as_recorded_and_the_child_itself_as_not_
 # --- a broken base tree -----------------------------------------------------------------------
 
 
-def test_the_writer_refuses_a_tx_over_a_deleted_live_sibling_and_writes_nothing(
-    store: SqliteStateStore,
-) -> None:
+def _tree_with_a_deleted_live_sibling(store: SqliteStateStore) -> tuple[bytes, bytes]:
+    """A committed tree whose root's child for keys[0] was deleted by hand (store corruption),
+    and a key of another subtree; returns (the deleted sibling, that key)."""
     keys = [b"k%d" % i for i in range(50)]
     tx = store.commit_tx(dict.fromkeys(keys, b"v"), chain_timestamp=0)
 
@@ -445,17 +445,46 @@ def test_the_writer_refuses_a_tx_over_a_deleted_live_sibling_and_writes_nothing(
     sibling = root_kids[nibble(keys[0])]  # a live subtree the next tx does not rewrite
     other = next(k for k in keys if nibble(k) != nibble(keys[0]))
     store.connection.execute("DELETE FROM nodes WHERE hash = ?", (sibling,))
-    before = dump(store.connection)
-    count = store.node_count()
+    return sibling, other
 
-    with pytest.raises(smt.MissingNodeError) as raised:
-        store.commit_tx({other: b"w"}, chain_timestamp=1)
 
-    assert raised.value.node_hash == sibling
-    assert dump(store.connection) == before
-    assert store.node_count() == count
-    latest = store.latest()
-    assert latest is not None and latest.state_root == tx.state_root
+def test_a_tx_over_a_deleted_live_sibling_leaves_a_root_the_pruner_and_verify_find_broken(
+    store: SqliteStateStore, nodes: SqliteNodeStore
+) -> None:
+    """The writer trusts its base tree's kids (that is what keeps it from looking every
+    sibling up), so corruption below a live root carries into the next root; it is caught
+    where it matters: the walk finds the row missing (BuildReach then deletes nothing) and
+    verify names the hash."""
+    sibling, other = _tree_with_a_deleted_live_sibling(store)
+
+    tx = store.commit_tx({other: b"w"}, chain_timestamp=1)
+
+    assert store.verify(tx.state_root).missing == [sibling]
+    root_id = nodes.ids_of([tx.state_root])[tx.state_root]
+    _, children = expand(nodes, [root_id])
+    found, _ = expand(nodes, children)
+    assert len(found) == len(children) - 1  # the sibling's row is gone
+
+
+def test_on_a_store_without_kids_the_writer_refuses_a_tx_over_a_deleted_live_sibling(
+    tmp_path: Path,
+) -> None:
+    """Rows from before the kids column give no ids, so the writer looks siblings up by hash
+    and refuses to build on a missing one, writing nothing."""
+    path = tmp_path / "old.sqlite"
+    with SqliteStateStore.open(path) as made:
+        sibling, other = _tree_with_a_deleted_live_sibling(made)
+    strip_kids_column(path)
+    with SqliteStateStore.open(path) as store:
+        before = dump(store.connection)
+        count = store.node_count()
+
+        with pytest.raises(smt.MissingNodeError) as raised:
+            store.commit_tx({other: b"w"}, chain_timestamp=1)
+
+        assert raised.value.node_hash == sibling
+        assert dump(store.connection) == before
+        assert store.node_count() == count
 
 
 # --- 32-bit row ids ---------------------------------------------------------------------------
