@@ -13,6 +13,7 @@ import struct
 from collections.abc import Iterator, Sequence
 
 from infrastructure import smt
+from infrastructure.sqlite_columns import add_missing_columns
 
 # The write barrier (a hash that already exists is stamped again), with `kids`, the
 # children's row ids in smt.children order (`pack_ids`), rewritten too.
@@ -50,14 +51,7 @@ def unpack_ids(packed: bytes) -> tuple[int, ...]:
 
 def add_kids_column(conn: sqlite3.Connection) -> None:
     """A store made before `kids` gets the column (NULL for its existing rows)."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}
-    if not columns or "kids" in columns:  # no node table yet: the schema will have it
-        return
-    try:
-        conn.execute(_ADD_KIDS)
-    except sqlite3.OperationalError as exc:  # another process added it first
-        if "duplicate column" not in str(exc):
-            raise
+    add_missing_columns(conn, "nodes", {"kids": _ADD_KIDS})
 
 
 def read_for_write(conn: sqlite3.Connection, h: bytes, ids: dict[bytes, int]) -> bytes:

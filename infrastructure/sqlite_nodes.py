@@ -13,6 +13,7 @@ from domain.ports import MISSING_ROW, DeletedNodes, Expansion, JournalEntry
 from infrastructure import smt
 from infrastructure.node_kids import add_kids_column, unpack_ids
 from infrastructure.reach_sets import FileReachStore, RoaringReach
+from infrastructure.sqlite_columns import add_missing_columns
 
 __all__ = ["FileReachStore", "RoaringReach", "SqliteNodeStore", "tune_connection"]
 
@@ -38,15 +39,7 @@ _JOURNAL_COLUMNS = {
 
 def ensure_journal(conn: sqlite3.Connection) -> None:
     conn.executescript(JOURNAL_SCHEMA + FENCE_SCHEMA)
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(sweep_journal)")}
-    for name, ddl in _JOURNAL_COLUMNS.items():
-        if name in columns:
-            continue
-        try:
-            conn.execute(ddl)
-        except sqlite3.OperationalError as exc:  # another process added it first
-            if "duplicate column" not in str(exc):
-                raise
+    add_missing_columns(conn, "sweep_journal", _JOURNAL_COLUMNS)
 
 
 # Ids or hashes per statement: one FETCH_BATCH (512) in one lookup; with the guarded DELETE's

@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import sqlite3
 import tempfile
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -48,21 +47,6 @@ class Row:
         self.data = data
         self.written_order = written_order
         self.kids = kids
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStateStore]:
-    with SqliteStateStore.open(tmp_path / "state.sqlite") as opened:
-        yield opened
-
-
-@pytest.fixture
-def nodes(store: SqliteStateStore) -> Iterator[SqliteNodeStore]:
-    opened = SqliteNodeStore(store.path)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def node_table(conn: sqlite3.Connection) -> dict[bytes, Row]:
@@ -110,6 +94,13 @@ def field_root_of(store: SqliteStateStore, root: bytes, key: bytes) -> bytes:
     _, field_root = smt.decode_value(store.get(root, key) or b"")
     assert field_root is not None
     return field_root
+
+
+def replaced_leaf(store: SqliteStateStore) -> bytes:
+    """Commits 50 keys, then a new value for k7; returns k7's old leaf (now garbage)."""
+    store.commit_tx({b"k%d" % i: b"v0" for i in range(50)}, chain_timestamp=0)
+    store.commit_tx({b"k7": b"v1"}, chain_timestamp=1)
+    return leaf_hash(b"k7", b"v0")
 
 
 def top_row_id(conn: sqlite3.Connection) -> int:
@@ -174,9 +165,7 @@ def test_after_a_seeded_workload_every_rows_kids_are_the_row_ids_of_its_children
 def test_a_leaf_deleted_and_written_again_gets_a_new_row_id_in_every_parent_the_tx_writes(
     store: SqliteStateStore,
 ) -> None:
-    store.commit_tx({b"k%d" % i: b"v0" for i in range(50)}, chain_timestamp=0)
-    store.commit_tx({b"k7": b"v1"}, chain_timestamp=1)
-    old_leaf = leaf_hash(b"k7", b"v0")
+    old_leaf = replaced_leaf(store)
     old_id = node_table(store.connection)[old_leaf].id
     store.connection.execute("DELETE FROM nodes WHERE hash = ?", (old_leaf,))
     top = top_row_id(store.connection)
@@ -230,9 +219,7 @@ def test_a_garbage_field_tree_leaf_deleted_and_rebuilt_by_another_object_is_reli
 def test_a_leaf_written_again_early_in_a_bulk_commit_is_linked_by_the_later_txs_of_the_batch(
     store: SqliteStateStore,
 ) -> None:
-    store.commit_tx({b"k%d" % i: b"v0" for i in range(50)}, chain_timestamp=0)
-    store.commit_tx({b"k7": b"v1"}, chain_timestamp=1)
-    old_leaf = leaf_hash(b"k7", b"v0")
+    old_leaf = replaced_leaf(store)
     store.connection.execute("DELETE FROM nodes WHERE hash = ?", (old_leaf,))
     top = top_row_id(store.connection)
     later = {b"k%d" % i: b"v2" for i in range(50) if i != 7}  # every path but k7's leaf

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,21 +17,6 @@ from infrastructure.sqlite_nodes import FileReachStore, SqliteNodeStore
 from infrastructure.state_store import SqliteStateStore
 from infrastructure.workload import WorkloadWriter
 from tests.fakes import stored_hashes
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStateStore]:
-    with SqliteStateStore.open(tmp_path / "state.sqlite") as opened:
-        yield opened
-
-
-@pytest.fixture
-def nodes(store: SqliteStateStore) -> Iterator[SqliteNodeStore]:
-    opened = SqliteNodeStore(store.path)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def entry(batch_key: str = "default/1/1", batch_no: int = 1) -> JournalEntry:
@@ -342,8 +326,7 @@ def reach_store(tmp_path: Path) -> FileReachStore:
 def saved_reach(reach_store: FileReachStore) -> tuple[set[int], str, Path]:
     row_ids = {*range(1, 5_000, 3), 70_000, 2**31}
     reach = reach_store.new()
-    for row_id in row_ids:
-        reach.add(row_id)
+    reach.add_new(row_ids)
     digest = reach_store.save(4, reach)
     return row_ids, digest, reach_store.path(4, digest)
 
