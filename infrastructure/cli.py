@@ -103,9 +103,10 @@ def demo(obj: Context, cycles: int, initial_txs: int, seed: int, as_json: bool) 
 
 class _Stop:
     """SIGINT/SIGTERM. The first asks the pruner to stop at its next safe point: the delete
-    transaction in flight commits and its batches are logged, the phase is recorded as stopped (PhaseFailed), and the lock
-    is released through an event (PhaseLock.Released); the next run resumes the cycle. A second
-    signal stops at once, like a crash: the journal lets the next run log what was deleted."""
+    transaction in flight commits and its batches are logged, the phase is recorded as stopped
+    (PhaseFailed), and the lock is released through an event (PhaseLock.Released); the next run
+    resumes the cycle. A second signal stops at once, like a crash: the journal lets the next
+    run log what was deleted."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -129,8 +130,9 @@ def run(obj: Context, once: bool, cycles: int, metrics_port: int | None, as_json
     """Run prune cycles every interval_s on <data-dir>/state.sqlite.
 
     SIGINT or SIGTERM stops cleanly with exit code 0: the delete transaction in flight
-    finishes and its batches are logged, the phase is recorded as stopped, and the lock is released through an event; the
-    next run resumes the cycle. A second signal stops at once (exit 130), as a crash would."""
+    finishes and its batches are logged, the phase is recorded as stopped, and the lock is
+    released through an event; the next run resumes the cycle. A second signal stops at once
+    (exit 130), as a crash would."""
     settings = load_settings(obj.data_dir, obj.config)
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
