@@ -52,6 +52,10 @@ PRUNER_PRAGMAS = (
     "journal_mode=WAL",
     "synchronous=NORMAL",
     "busy_timeout=30000",
+    # Some builds (Debian's among them) default to secure_delete=ON, which zeroes every deleted
+    # cell and writes every freed page to the WAL: about a third of a sweep's time on the 1M-node
+    # store. Pruned nodes are public chain state, with nothing to scrub.
+    "secure_delete=OFF",
     # Hash lookups read pages through a memory map instead of one pread() each; SQLite clamps
     # this to its compile-time maximum. Writes still go through the WAL.
     "mmap_size=2147418112",

@@ -387,3 +387,10 @@ def test_bytes_that_match_their_digest_but_are_no_bitmap_raise_reach_set_corrupt
 
     with pytest.raises(ReachSetCorruptError, match="does not decode"):
         reach_store.load(6, digest)
+
+
+def test_the_pruner_connection_does_not_scrub_deleted_rows_whatever_the_build_default(
+    nodes: SqliteNodeStore,
+) -> None:
+    # secure_delete (on in Debian's build) zeroes and rewrites every freed page.
+    assert nodes.conn.execute("PRAGMA secure_delete").fetchone()[0] == 0
