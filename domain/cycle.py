@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -311,8 +312,8 @@ def _batch(
         "snapshot_id": snapshot_id,
         "batch_no": batch_no,
         "count": len(deleted),
-        "hashes": [h for h, _ in deleted],
-        "bytes_freed": sum(n for _, n in deleted),
+        "hashes": list(map(itemgetter(0), deleted)),
+        "bytes_freed": sum(map(itemgetter(1), deleted)),
         "at": at,
         "row_ids": list(row_ids) if len(row_ids) == len(deleted) else [],
     }

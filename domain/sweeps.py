@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from domain.config import PruneConfig
@@ -282,7 +283,7 @@ class PhaseWork:
             deleted = self.nodes.sweep_stale(stale, ids, snap.latest_order, entry)
         stats.kept_by_guard += len(ids) - len(deleted)
         stats.deleted += len(deleted)
-        stats.bytes_freed += sum(n for _, n in deleted)
+        stats.bytes_freed += sum(map(itemgetter(1), deleted))
         if deleted:
             now = self.manager.clock.now()
             for no, part in entry.event_batches(deleted):  # saved together: all or none

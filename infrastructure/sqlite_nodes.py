@@ -188,17 +188,26 @@ class SqliteNodeStore:
                 # What the guarded DELETE will remove, read first inside the same write
                 # transaction (no writer can commit in between): measurably cheaper than
                 # DELETE ... RETURNING, which costs ~8 us more CPU per row.
+                # ORDER BY id costs no sort (the IN list is walked in rowid order) and pairs
+                # each row with its id: when every id is there and passes the guard, the
+                # ids are the chunk itself, and only the (hash, bytes) tuples are built.
                 rows = c.execute(
-                    f"SELECT id, hash, length(hash) + length(data) FROM nodes WHERE {where}",
+                    f"SELECT hash, length(hash) + length(data) FROM nodes WHERE {where} "
+                    "ORDER BY id",
                     params,
                 ).fetchall()
+                if len(rows) == len(chunk):
+                    ids = chunk
+                else:
+                    sql = f"SELECT id FROM nodes WHERE {where} ORDER BY id"
+                    ids = [i for (i,) in c.execute(sql, params)]
                 removed = c.execute(f"DELETE FROM nodes WHERE {where}", params).rowcount
                 if removed != len(rows):
                     raise sqlite3.DatabaseError(
                         f"guarded delete removed {removed} rows, expected {len(rows)}"
                     )
-                deleted.extend((h, n) for _, h, n in rows)
-                deleted.row_ids.extend(i for i, _, _ in rows)
+                deleted.extend(rows)
+                deleted.row_ids.extend(ids)
             self._consume_stale(stale)
             c.executemany("UPDATE roots SET swept = 1 WHERE tx_order = ?", [(o,) for o in swept])
             if deleted:
