@@ -134,6 +134,14 @@ def cached_store(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
                 store.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             meta["kids_backfill_s"] = round(time.perf_counter() - started, 1)
             meta_file.write_text(json.dumps({k: v for k, v in meta.items() if k != "built_now"}))
+        if "stale_ids_backfill_s" not in meta:  # cached before stale.node_id: upgrade it once
+            log("filling stale.node_id of the cached store (once)")
+            started = time.perf_counter()
+            with SqliteStateStore.open(final / STATE_FILE) as store:
+                store.backfill_stale_ids()
+                store.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            meta["stale_ids_backfill_s"] = round(time.perf_counter() - started, 1)
+            meta_file.write_text(json.dumps({k: v for k, v in meta.items() if k != "built_now"}))
         return final / STATE_FILE, meta
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     building = args.cache_dir / f".building-{cache_key(args)}-{os.getpid()}"
@@ -160,6 +168,7 @@ def cached_store(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
         "batch": args.batch,
         "build_s": round(time.perf_counter() - started, 1),
         "kids_backfill_s": 0.0,  # written by the writer itself
+        "stale_ids_backfill_s": 0.0,
     }
     (building / "meta.json").write_text(json.dumps(meta))
     shutil.rmtree(final, ignore_errors=True)
@@ -429,7 +438,7 @@ def baseline_replay(path: Path, ops: list[tuple[str, Any]]) -> dict[str, Any]:
                 unpack_ids(b"".join(k for _, k in execute(sql, chunk)))
         elif kind == "stale":
             execute(
-                "SELECT stale_order, hash FROM stale WHERE stale_order <= ? "
+                "SELECT stale_order, hash, node_id FROM stale WHERE stale_order <= ? "
                 "ORDER BY stale_order, hash LIMIT ?",
                 arg,
             ).fetchall()
@@ -446,7 +455,7 @@ def baseline_replay(path: Path, ops: list[tuple[str, Any]]) -> dict[str, Any]:
                 execute(
                     "DELETE FROM stale WHERE (stale_order, hash) >= (?, ?) "
                     "AND (stale_order, hash) <= (?, ?)",
-                    (*min(entries), *max(entries)),
+                    (*min(entries)[:2], *max(entries)[:2]),
                 )
             execute("COMMIT")
             continue

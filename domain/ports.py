@@ -87,6 +87,12 @@ class Expansion(NamedTuple):
     children: Sequence[int]
 
 
+# A stale-index entry (order, hash, row_id): at `order`, a tx replaced the node `hash`, then in
+# row `row_id` (MISSING_ROW when the store did not record it: look the hash up). (order, hash)
+# is the entry's key; a sweep consumes entries by it. A plain tuple: a sweep reads millions.
+StaleEntry = tuple[int, bytes, int]
+
+
 @dataclass(frozen=True)
 class JournalEntry:
     """A batch the state store deleted but the event log may not have recorded yet."""
@@ -164,11 +170,13 @@ class NodeStorePort(Protocol):
         DeletedNodes when the store also reports the row ids (SqliteNodeStore does)."""
         ...
 
-    def stale_entries(self, up_to_order: int, limit: int) -> list[tuple[int, bytes]]: ...
+    def stale_entries(self, up_to_order: int, limit: int) -> list[StaleEntry]:
+        """The first `limit` entries with order <= up_to_order, in key order."""
+        ...
 
     def sweep_stale(
         self,
-        entries: list[tuple[int, bytes]],
+        entries: list[StaleEntry],
         row_ids: list[int],
         max_order: int,
         journal: JournalEntry,

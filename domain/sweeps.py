@@ -26,12 +26,14 @@ from domain.errors import (
 from domain.manager import AtomicSnapshotManager
 from domain.phases import PrunePhase
 from domain.ports import (
+    MISSING_ROW,
     EventLog,
     JournalEntry,
     NodeStorePort,
     Progress,
     ReachSet,
     ReachStorePort,
+    StaleEntry,
 )
 from domain.snapshot import AtomicSnapshot, Snapshot, snapshot_uuid
 
@@ -243,8 +245,12 @@ class PhaseWork:
         reach = self._reach_set(snap)
         limit = self._commit_rows
         while entries := self.nodes.stale_entries(snap.retained_from_order, limit):
-            hashes = list(dict.fromkeys(h for _, h in entries))
-            ids = reach.absent(self.nodes.ids_of(hashes).values())
+            # The writer recorded each replaced node's row id; only older entries need a lookup.
+            ids = [row_id for _, _, row_id in entries if row_id != MISSING_ROW]
+            if len(ids) < len(entries):
+                unplaced = (h for _, h, row_id in entries if row_id == MISSING_ROW)
+                ids += self.nodes.ids_of(list(dict.fromkeys(unplaced))).values()
+            ids = reach.absent(ids)
             stats.visited += len(entries)
             self._delete(snap, PrunePhase.INCREMENTAL_SWEEP, ids, stats, entries)
             self.progress(PrunePhase.INCREMENTAL_SWEEP.value, stats.visited, None)
@@ -257,7 +263,7 @@ class PhaseWork:
         phase: PrunePhase,
         ids: list[int],
         stats: PhaseStats,
-        stale: list[tuple[int, bytes]] | None = None,
+        stale: list[StaleEntry] | None = None,
         swept: list[int] | None = None,
     ) -> None:
         self._stop_point(phase)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from domain.ports import Expansion, JournalEntry, NodeStorePort
+from domain.ports import Expansion, JournalEntry, NodeStorePort, StaleEntry
 from infrastructure.sqlite_nodes import SqliteNodeStore
 
 if TYPE_CHECKING:
@@ -116,13 +116,13 @@ class FaultyNodeStore:
             journal, lambda: self.inner.delete_guarded(row_ids, max_order, journal, swept)
         )
 
-    def stale_entries(self, up_to_order: int, limit: int) -> list[tuple[int, bytes]]:
+    def stale_entries(self, up_to_order: int, limit: int) -> list[StaleEntry]:
         self._marking = False
         return self.inner.stale_entries(up_to_order, limit)
 
     def sweep_stale(
         self,
-        entries: list[tuple[int, bytes]],
+        entries: list[StaleEntry],
         row_ids: list[int],
         max_order: int,
         journal: JournalEntry,

@@ -58,11 +58,13 @@ def read_for_write(conn: sqlite3.Connection, h: bytes, ids: dict[bytes, int]) ->
     """A node the writer reads from its base tree, whose `kids` also give the row ids of its
     children: the siblings the new path nodes will point at, found without a lookup. A live
     node's kids name live rows (a sweep never deletes a child of a retained node), and ids
-    already known (written in this transaction) win."""
-    row = conn.execute("SELECT data, kids FROM nodes WHERE hash = ?", (h,)).fetchone()
+    already known (written in this transaction) win. The node's own row id goes into `ids`
+    too: a node the tx replaces becomes a stale entry with it."""
+    row = conn.execute("SELECT data, kids, id FROM nodes WHERE hash = ?", (h,)).fetchone()
     if row is None:
         raise smt.MissingNodeError(h)
     data: bytes = row[0]
+    ids[h] = row[2]
     if row[1] is not None:
         for child, row_id in zip(smt.children(data), unpack_ids(row[1]), strict=True):
             ids.setdefault(child, row_id)

@@ -28,6 +28,7 @@ from infrastructure.node_kids import (
     unpack_ids,
     write_nodes,
 )
+from infrastructure.stale_ids import INSERT_STALE, add_node_id_column, backfill_stale_ids
 
 __all__ = [
     "MAX_ROW_ID",
@@ -50,7 +51,7 @@ CREATE TABLE IF NOT EXISTS roots (tx_order INTEGER PRIMARY KEY, state_root BLOB 
     block_height INTEGER NOT NULL, block_hash BLOB NOT NULL, chain_timestamp INTEGER NOT NULL,
     swept INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS stale (stale_order INTEGER NOT NULL, hash BLOB NOT NULL,
-    PRIMARY KEY (stale_order, hash)) WITHOUT ROWID;
+    node_id INTEGER, PRIMARY KEY (stale_order, hash)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pinned_roots (state_root BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS roots_by_height ON roots(block_height);
 """
@@ -127,6 +128,7 @@ class SqliteStateStore:
         self._conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         self._conn.executescript(SCHEMA)
         add_kids_column(self._conn)
+        add_node_id_column(self._conn)
 
     @classmethod
     def open(cls, path: str | Path) -> SqliteStateStore:
@@ -246,11 +248,13 @@ class SqliteStateStore:
             "chain_timestamp) VALUES (?, ?, ?, ?, ?)",
             (order, new_root, order, block_hash_for(order, new_root), spec.chain_timestamp),
         )
-        conn.executemany(
-            "INSERT OR IGNORE INTO stale(stale_order, hash) VALUES (?, ?)",
-            [(order, h) for h in stale],
-        )
+        # Every candidate was read (or written) in this SQLite transaction: its row id is known.
+        conn.executemany(INSERT_STALE, [(order, h, batch_ids.get(h)) for h in stale])
         return TxResult(order, new_root, len(written), reused, len(stale))
+
+    def backfill_stale_ids(self) -> int:
+        """Fills `stale.node_id` of entries from before the column (`stale_ids`)."""
+        return backfill_stale_ids(self._conn)
 
     def backfill_kids(self, batch: int = 20_000) -> int:
         """Fills `kids` of rows written before the column existed; returns how many (see

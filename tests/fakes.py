@@ -24,6 +24,7 @@ from domain.ports import (
     JournalEntry,
     NodeStorePort,
     ReachSet,
+    StaleEntry,
 )
 from domain.pruning import Pruner
 from domain.recovery import ErrorRecoveryManager
@@ -228,13 +229,13 @@ class HookedNodeStore:
         self._deleted(max_order, deleted)
         return deleted
 
-    def stale_entries(self, up_to_order: int, limit: int) -> list[tuple[int, bytes]]:
+    def stale_entries(self, up_to_order: int, limit: int) -> list[StaleEntry]:
         self._enter("stale_entries")
         return self.inner.stale_entries(up_to_order, limit)
 
     def sweep_stale(
         self,
-        entries: list[tuple[int, bytes]],
+        entries: list[StaleEntry],
         row_ids: list[int],
         max_order: int,
         journal: JournalEntry,

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from domain.ports import EventLog, Expansion, JournalEntry, NodeStorePort
+from domain.ports import EventLog, Expansion, JournalEntry, NodeStorePort, StaleEntry
 from infrastructure.testkit.strategies import FaultSpec
 
 A = TypeVar("A", bound=Aggregate)
@@ -107,7 +107,7 @@ class SteppingNodeStore:
         self._done(spec)
         return out
 
-    def stale_entries(self, up_to_order: int, limit: int) -> list[tuple[int, bytes]]:
+    def stale_entries(self, up_to_order: int, limit: int) -> list[StaleEntry]:
         spec = self._fault("stale_entries")
         out = self.inner.stale_entries(up_to_order, limit)
         self._done(spec)
@@ -115,7 +115,7 @@ class SteppingNodeStore:
 
     def sweep_stale(
         self,
-        entries: list[tuple[int, bytes]],
+        entries: list[StaleEntry],
         row_ids: list[int],
         max_order: int,
         journal: JournalEntry,

@@ -27,7 +27,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from domain.errors import ReachSetCorruptError
 from domain.lock import PhaseLock
 from domain.manager import AtomicSnapshotManager
-from domain.ports import JournalEntry, ReachSet
+from domain.ports import JournalEntry, ReachSet, StaleEntry
 from infrastructure.sqlite_nodes import FileReachStore, RoaringReach, SqliteNodeStore
 from infrastructure.testkit import (
     Adapters,
@@ -55,7 +55,7 @@ class UnguardedNodeStore(SqliteNodeStore):
 
     def sweep_stale(
         self,
-        entries: list[tuple[int, bytes]],
+        entries: list[StaleEntry],
         row_ids: list[int],
         max_order: int,
         journal: JournalEntry,

@@ -1,0 +1,86 @@
+"""IncrementalSweep with the row ids the writer records in the stale index: no hash lookups for
+them, hash lookups for entries from before the column, and an entry whose row is gone (its hash
+deleted, then written again as a new row) deletes nothing and leaves no garbage behind."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from infrastructure.eventlog import STATE_FILE
+from tests.domain.rig import IS, K, MakeRig, assert_whole, k_was_v1_then_v2, leaf_hash
+from tests.fakes import HookedNodeStore, swept_hashes
+
+
+class LookupCounter(HookedNodeStore):
+    """Counts `ids_of` calls made while IncrementalSweep runs (after its first stale read)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.in_sweep = False
+        self.sweep_lookups = 0
+
+    def stale_entries(self, up_to_order: int, limit: int) -> list[tuple[int, bytes, int]]:
+        self.in_sweep = True
+        return super().stale_entries(up_to_order, limit)
+
+    def ids_of(self, hashes: list[bytes]) -> dict[bytes, int]:
+        if self.in_sweep:
+            self.sweep_lookups += len(hashes)
+        return super().ids_of(hashes)
+
+
+def test_incremental_sweep_finds_its_garbage_by_recorded_row_ids_without_hash_lookups(
+    make_rig: MakeRig,
+) -> None:
+    rig = make_rig(protection_orders=3)
+    leaf = k_was_v1_then_v2(rig)
+    counter = LookupCounter(rig.rt.nodes, hide_expired_roots=True)
+
+    report = rig.pruner_over(counter).run_cycle()
+
+    assert report.phases[IS.value].deleted > 0
+    assert counter.sweep_lookups == 0
+    assert not rig.is_stored(leaf) and leaf in swept_hashes(rig.rt.log)
+    assert_whole(rig, report)
+
+
+def test_entries_from_before_the_column_are_looked_up_by_hash_and_swept_the_same(
+    make_rig: MakeRig,
+) -> None:
+    rig = make_rig(protection_orders=3)
+    leaf = k_was_v1_then_v2(rig)
+    rig.store.connection.execute("UPDATE stale SET node_id = NULL")  # as an old store has them
+    counter = LookupCounter(rig.rt.nodes, hide_expired_roots=True)
+
+    report = rig.pruner_over(counter).run_cycle()
+
+    assert counter.sweep_lookups > 0
+    assert report.phases[IS.value].deleted > 0
+    assert not rig.is_stored(leaf) and leaf in swept_hashes(rig.rt.log)
+    assert_whole(rig, report)
+
+
+def test_an_entry_whose_row_is_gone_deletes_nothing_of_the_hash_written_again_and_leaves_no_garbage(
+    make_rig: MakeRig,
+) -> None:
+    rig = make_rig(protection_orders=3)
+    leaf = k_was_v1_then_v2(rig)  # stale entry (2, leaf, its row)
+    old = rig.row(leaf)
+    assert old is not None
+    with sqlite3.connect(rig.rt.settings.data_dir / STATE_FILE) as db:  # as SweepExpired would
+        db.execute("DELETE FROM nodes WHERE id = ?", (old[0],))
+    rig.commit({K: b"v1"})  # the same leaf again: a new row, live in the newest root
+    new = rig.row(leaf)
+    assert new is not None and new[0] != old[0]
+
+    report = rig.rt.pruner.run_cycle()
+
+    assert rig.row(leaf) == new  # the old entry named a gone row: nothing deleted by it
+    assert_whole(rig, report)
+    # Once a later tx replaces it and its roots leave the window, it goes (a new entry).
+    rig.commit({K: b"v9"})
+    rig.filler(5)
+    report = rig.rt.pruner.run_cycle()
+    assert not rig.is_stored(leaf)
+    assert rig.check(report).unreachable_stored == 0
+    assert leaf_hash(K, b"v9") not in swept_hashes(rig.rt.log)
