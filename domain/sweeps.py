@@ -34,6 +34,7 @@ from domain.ports import (
     ReachSet,
     ReachStorePort,
     StaleEntry,
+    row_ids_of,
 )
 from domain.snapshot import AtomicSnapshot, Snapshot, snapshot_uuid
 
@@ -243,6 +244,7 @@ class PhaseWork:
         self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport
     ) -> None:
         reach = self._reach_set(snap)
+        gone = self.reach_store.new()  # rows this sweep deleted: a node stale twice comes back
         limit = self._commit_rows
         while entries := self.nodes.stale_entries(snap.retained_from_order, limit):
             # The writer recorded each replaced node's row id; only older entries need a lookup.
@@ -250,9 +252,10 @@ class PhaseWork:
             if len(ids) < len(entries):
                 unplaced = (h for _, h, row_id in entries if row_id == MISSING_ROW)
                 ids += self.nodes.ids_of(list(dict.fromkeys(unplaced))).values()
-            ids = reach.absent(ids)
+            ids = gone.absent(reach.absent(ids))
             stats.visited += len(entries)
-            self._delete(snap, PrunePhase.INCREMENTAL_SWEEP, ids, stats, entries)
+            deleted = self._delete(snap, PrunePhase.INCREMENTAL_SWEEP, ids, stats, entries)
+            gone.add_new(row_ids_of(deleted))
             self.progress(PrunePhase.INCREMENTAL_SWEEP.value, stats.visited, None)
 
     # --- deletes, journal and audit ------------------------------------------------------
@@ -265,7 +268,9 @@ class PhaseWork:
         stats: PhaseStats,
         stale: list[StaleEntry] | None = None,
         swept: list[int] | None = None,
-    ) -> None:
+    ) -> list[tuple[bytes, int]]:
+        """One journaled, fenced, guarded delete transaction and its NodesSwept events;
+        returns what it deleted."""
         self._stop_point(phase)
         token = self._ensure_holding(phase, snap)
         self.reconcile_journal()  # a batch whose event failed must be logged before the next
@@ -296,6 +301,7 @@ class PhaseWork:
                 cycle.record_batch(phase, snap.snapshot_id, no, part, now, part.row_ids)
             self.log.save(cycle)
         self.nodes.mark_journal_logged(entry.batch_key)
+        return deleted
 
     def _checkpoint(self, snap: AtomicSnapshot, phase: PrunePhase, point: dict[str, Any]) -> None:
         cycle = self._cycle(snap)

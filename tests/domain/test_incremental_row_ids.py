@@ -84,3 +84,25 @@ def test_an_entry_whose_row_is_gone_deletes_nothing_of_the_hash_written_again_an
     assert not rig.is_stored(leaf)
     assert rig.check(report).unreachable_stored == 0
     assert leaf_hash(K, b"v9") not in swept_hashes(rig.rt.log)
+
+
+def test_a_node_stale_twice_is_deleted_once_and_not_counted_as_kept_by_the_guard(
+    make_rig: MakeRig,
+) -> None:
+    rig = make_rig(protection_orders=3, delete_batch_size=1)  # 8 entries per transaction
+    others = [b"other-%d" % i for i in range(10)]
+    rig.commit({K: b"v1", **{o: b"a" for o in others}})  # 1
+    rig.commit({K: b"v2"})  # 2: stale (2, leaf)
+    # 3: the same leaf, the same row, stamped again; and a dozen more entries in between
+    rig.commit({K: b"v1", **{o: b"b" for o in others}})
+    rig.commit({K: b"v3"})  # 4: stale (4, leaf), the same row id, a later transaction
+    rig.filler(8)
+    leaf = leaf_hash(K, b"v1")
+    ids = {row_id for _, h, row_id in rig.rt.nodes.stale_entries(10**9, 10**6) if h == leaf}
+    assert len(ids) == 1  # two entries, one row
+
+    report = rig.pruner_over(HookedNodeStore(rig.rt.nodes, hide_expired_roots=True)).run_cycle()
+
+    assert report.phases[IS.value].kept_by_guard == 0
+    assert swept_hashes(rig.rt.log).count(leaf) == 1
+    assert_whole(rig, report)
