@@ -57,7 +57,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -119,6 +119,12 @@ def cache_key(args: argparse.Namespace) -> str:
     )
 
 
+UPGRADES: list[tuple[str, str, Callable[[SqliteStateStore], int]]] = [
+    ("kids_backfill_s", "nodes.kids", SqliteStateStore.backfill_kids),
+    ("stale_ids_backfill_s", "stale.node_id", SqliteStateStore.backfill_stale_ids),
+]
+
+
 def cached_store(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """The cached store's state file and its metadata; built (once) if missing."""
     final = args.cache_dir / cache_key(args)
@@ -126,22 +132,17 @@ def cached_store(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     if meta_file.exists() and (final / STATE_FILE).exists():
         meta = json.loads(meta_file.read_text())
         meta["built_now"] = False
-        if "kids_backfill_s" not in meta:  # cached before the kids column: upgrade it once
-            log("filling the kids column of the cached store (once)")
-            started = time.perf_counter()
-            with SqliteStateStore.open(final / STATE_FILE) as store:
-                store.backfill_kids()
-                store.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            meta["kids_backfill_s"] = round(time.perf_counter() - started, 1)
-            meta_file.write_text(json.dumps({k: v for k, v in meta.items() if k != "built_now"}))
-        if "stale_ids_backfill_s" not in meta:  # cached before stale.node_id: upgrade it once
-            log("filling stale.node_id of the cached store (once)")
-            started = time.perf_counter()
-            with SqliteStateStore.open(final / STATE_FILE) as store:
-                store.backfill_stale_ids()
-                store.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            meta["stale_ids_backfill_s"] = round(time.perf_counter() - started, 1)
-            meta_file.write_text(json.dumps({k: v for k, v in meta.items() if k != "built_now"}))
+        # Cached before a column existed: fill it once, as an operator upgrading a store would.
+        for key, column, fill in UPGRADES:
+            if key not in meta:
+                log(f"filling {column} of the cached store (once)")
+                started = time.perf_counter()
+                with SqliteStateStore.open(final / STATE_FILE) as store:
+                    fill(store)
+                    store.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                meta[key] = round(time.perf_counter() - started, 1)
+                kept = {k: v for k, v in meta.items() if k != "built_now"}
+                meta_file.write_text(json.dumps(kept))
         return final / STATE_FILE, meta
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     building = args.cache_dir / f".building-{cache_key(args)}-{os.getpid()}"

@@ -28,8 +28,11 @@ def stale_rows(conn: sqlite3.Connection) -> list[tuple[int, bytes, int | None]]:
     ]
 
 
-def drop_node_id_column(path: Path) -> None:
-    """Makes the store look like one written before the column."""
+def old_store(path: Path, txs: int) -> None:
+    """A store as an older version wrote it: `txs` txs changing two keys, no stale.node_id."""
+    with SqliteStateStore.open(path) as store:
+        for i in range(txs):
+            store.commit_tx({b"k": b"v%d" % i, b"j": b"w%d" % i}, chain_timestamp=i)
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE stale DROP COLUMN node_id")
 
@@ -83,10 +86,7 @@ def test_a_store_from_before_the_column_gets_it_and_reports_its_entries_as_unpla
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "state.sqlite"
-    with SqliteStateStore.open(path) as store:
-        for i in range(4):
-            store.commit_tx({b"k": b"v%d" % i}, chain_timestamp=i)
-    drop_node_id_column(path)
+    old_store(path, 4)
 
     nodes = SqliteNodeStore(path)
     try:
@@ -101,10 +101,7 @@ def test_backfill_places_old_entries_on_the_row_now_holding_their_hash_and_leave
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "state.sqlite"
-    with SqliteStateStore.open(path) as store:
-        for i in range(6):
-            store.commit_tx({b"k": b"v%d" % i, b"j": b"w%d" % i}, chain_timestamp=i)
-    drop_node_id_column(path)
+    old_store(path, 6)
     with SqliteStateStore.open(path) as store:
         conn = store.connection
         gone = stale_rows(conn)[0][1]
@@ -123,9 +120,7 @@ def test_backfill_places_old_entries_on_the_row_now_holding_their_hash_and_leave
 
 def test_backfill_works_through_more_entries_than_one_batch(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
-    with SqliteStateStore.open(path) as store:
-        WorkloadWriter(store, 3, keys=30, ops_per_tx=5).run(40, batch=10)
-    drop_node_id_column(path)
+    old_store(path, 30)
     with SqliteStateStore.open(path) as store:
         total = len(stale_rows(store.connection))
         assert total > 20
