@@ -67,7 +67,7 @@ PRUNER_PRAGMAS = (
     # and fsyncs it once per batch; every 64K pages (256 MiB of WAL) amortizes that.
     "wal_autocheckpoint=65536",
     # ...and the WAL file shrinks back after each checkpoint.
-    "journal_size_limit=67108864",
+    "journal_size_limit=536870912",
 )
 
 
