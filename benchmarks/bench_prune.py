@@ -121,7 +121,7 @@ def cache_key(args: argparse.Namespace) -> str:
 
 UPGRADES: list[tuple[str, str, Callable[[SqliteStateStore], int]]] = [
     ("kids_backfill_s", "nodes.kids", SqliteStateStore.backfill_kids),
-    ("stale_ids_backfill_s", "stale.node_id", SqliteStateStore.backfill_stale_ids),
+    ("stale_backfill_s", "stale.node_id and node_size", SqliteStateStore.backfill_stale_ids),
 ]
 
 
@@ -169,7 +169,7 @@ def cached_store(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
         "batch": args.batch,
         "build_s": round(time.perf_counter() - started, 1),
         "kids_backfill_s": 0.0,  # written by the writer itself
-        "stale_ids_backfill_s": 0.0,
+        "stale_backfill_s": 0.0,
     }
     (building / "meta.json").write_text(json.dumps(meta))
     shutil.rmtree(final, ignore_errors=True)
@@ -439,7 +439,7 @@ def baseline_replay(path: Path, ops: list[tuple[str, Any]]) -> dict[str, Any]:
                 unpack_ids(b"".join(k for _, k in execute(sql, chunk)))
         elif kind == "stale":
             execute(
-                "SELECT stale_order, hash, node_id FROM stale WHERE stale_order <= ? "
+                "SELECT stale_order, hash, node_id, node_size FROM stale WHERE stale_order <= ? "
                 "ORDER BY stale_order, hash LIMIT ?",
                 arg,
             ).fetchall()

@@ -87,10 +87,11 @@ class Expansion(NamedTuple):
     children: Sequence[int]
 
 
-# A stale-index entry (order, hash, row_id): at `order`, a tx replaced the node `hash`, then in
-# row `row_id` (MISSING_ROW when the store did not record it: look the hash up). (order, hash)
-# is the entry's key; a sweep consumes entries by it. A plain tuple: a sweep reads millions.
-StaleEntry = tuple[int, bytes, int]
+# A stale-index entry (order, hash, row_id, size): at `order`, a tx replaced the node `hash`,
+# then in row `row_id`, `size` bytes of hash and data (row_id MISSING_ROW and size 0 when the
+# store did not record them: look the hash up and read the row). (order, hash) is the entry's
+# key; a sweep consumes entries by it. A plain tuple: a sweep reads millions.
+StaleEntry = tuple[int, bytes, int, int]
 
 
 @dataclass(frozen=True)

@@ -211,9 +211,9 @@ class PhaseWork(DeleteWork):
         limit = self._commit_rows
         while entries := self.nodes.stale_entries(snap.retained_from_order, limit):
             # The writer recorded each replaced node's row id; only older entries need a lookup.
-            ids = [row_id for _, _, row_id in entries if row_id != MISSING_ROW]
+            ids = [row_id for _, _, row_id, _ in entries if row_id != MISSING_ROW]
             if len(ids) < len(entries):
-                unplaced = (h for _, h, row_id in entries if row_id == MISSING_ROW)
+                unplaced = (h for _, h, row_id, _ in entries if row_id == MISSING_ROW)
                 ids += self.nodes.ids_of(list(dict.fromkeys(unplaced))).values()
             ids = gone.absent(reach.absent(ids))
             stats.visited += len(entries)

@@ -179,6 +179,9 @@ class SqliteNodeStore:
         c = self.conn
         deleted = DeletedNodes()
         row_ids = sorted(row_ids)  # one transaction: order is free, and neighbours share pages
+        # What stale entries recorded of their rows: a row never changes hash (or size), so
+        # a chunk whose rows all pass the guard needs its count, not a read of every row.
+        known = {i: (h, n) for _, h, i, n in stale if i != MISSING_ROW and n}
         c.execute("BEGIN IMMEDIATE")
         try:
             self._check_fence(journal)
@@ -187,6 +190,8 @@ class SqliteNodeStore:
                 # The guard: a writer that stamped the hash after the snapshot wins.
                 where = f"id IN ({','.join('?' * len(chunk))}) AND written_order <= ?"
                 params = [*chunk, max_order]
+                if known and self._delete_known(c, chunk, where, params, known, deleted):
+                    continue
                 # What the guarded DELETE will remove, read first inside the same write
                 # transaction (no writer can commit in between): measurably cheaper than
                 # DELETE ... RETURNING, which costs ~8 us more CPU per row.
@@ -233,6 +238,32 @@ class SqliteNodeStore:
             raise
         return deleted
 
+    @staticmethod
+    def _delete_known(
+        c: sqlite3.Connection,
+        chunk: list[int],
+        where: str,
+        params: list[int],
+        known: dict[int, tuple[bytes, int]],
+        deleted: DeletedNodes,
+    ) -> bool:
+        """Deletes `chunk` if every row of it is known and passes the guard (counted in this
+        write transaction, so no writer can change that before the DELETE); False, having
+        deleted nothing, otherwise."""
+        if not all(map(known.__contains__, chunk)):
+            return False
+        (passing,) = c.execute(f"SELECT COUNT(*) FROM nodes WHERE {where}", params).fetchone()
+        if passing != len(chunk):
+            return False
+        removed = c.execute(f"DELETE FROM nodes WHERE {where}", params).rowcount
+        if removed != passing:
+            raise sqlite3.DatabaseError(
+                f"guarded delete removed {removed} rows, expected {passing}"
+            )
+        deleted.extend(map(known.__getitem__, chunk))
+        deleted.row_ids.extend(chunk)
+        return True
+
     def _check_fence(self, journal: JournalEntry) -> None:
         """Inside the delete transaction: refuses a holder whose lock a newer holding has
         superseded (its token is lower, or equal but another owner's), else records this one."""
@@ -268,20 +299,20 @@ class SqliteNodeStore:
             return
         c = self.conn
         # Keys are unique per row, so the row id never decides a comparison or a duplicate.
-        (first, first_hash, _), (last, last_hash, _) = min(entries), max(entries)
+        (first, first_hash, *_), (last, last_hash, *_) = min(entries), max(entries)
         where = "WHERE (stale_order, hash) >= (?, ?) AND (stale_order, hash) <= (?, ?)"
         bounds = (first, first_hash, last, last_hash)
         (in_range,) = c.execute(f"SELECT COUNT(*) FROM stale {where}", bounds).fetchone()
         if in_range == len(set(entries)):
             c.execute(f"DELETE FROM stale {where}", bounds)
         else:
-            keys = [(order, h) for order, h, _ in entries]
+            keys = [(order, h) for order, h, *_ in entries]
             c.executemany("DELETE FROM stale WHERE stale_order = ? AND hash = ?", keys)
 
     def stale_entries(self, up_to_order: int, limit: int) -> list[StaleEntry]:
-        rows: list[StaleEntry] = self.conn.execute(  # (INTEGER, BLOB, INTEGER): int, bytes, int
-            "SELECT stale_order, hash, ifnull(node_id, 0) FROM stale WHERE stale_order <= ? "
-            "ORDER BY stale_order, hash LIMIT ?",  # node_id NULL: from before the column
+        rows: list[StaleEntry] = self.conn.execute(  # NULL: an entry from before the columns
+            "SELECT stale_order, hash, ifnull(node_id, 0), ifnull(node_size, 0) FROM stale "
+            "WHERE stale_order <= ? ORDER BY stale_order, hash LIMIT ?",
             (up_to_order, limit),
         ).fetchall()
         return rows

@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS roots (tx_order INTEGER PRIMARY KEY, state_root BLOB 
     block_height INTEGER NOT NULL, block_hash BLOB NOT NULL, chain_timestamp INTEGER NOT NULL,
     swept INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS stale (stale_order INTEGER NOT NULL, hash BLOB NOT NULL,
-    node_id INTEGER, PRIMARY KEY (stale_order, hash)) WITHOUT ROWID;
+    node_id INTEGER, node_size INTEGER, PRIMARY KEY (stale_order, hash)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pinned_roots (state_root BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS roots_by_height ON roots(block_height);
 """
@@ -248,12 +248,15 @@ class SqliteStateStore:
             "chain_timestamp) VALUES (?, ?, ?, ?, ?)",
             (order, new_root, order, block_hash_for(order, new_root), spec.chain_timestamp),
         )
-        # Every candidate was read (or written) in this SQLite transaction: its row id is known.
-        conn.executemany(INSERT_STALE, [(order, h, batch_ids.get(h)) for h in stale])
+        # Every candidate was read in this SQLite transaction: its row id and data are known.
+        conn.executemany(
+            INSERT_STALE,
+            [(order, h, batch_ids.get(h), len(h) + len(seen[h])) for h in stale],
+        )
         return TxResult(order, new_root, len(written), reused, len(stale))
 
     def backfill_stale_ids(self) -> int:
-        """Fills `stale.node_id` of entries from before the column (`stale_ids`)."""
+        """Fills `stale.node_id` and `node_size` of entries from before them (`stale_ids`)."""
         return backfill_stale_ids(self._conn)
 
     def backfill_kids(self, batch: int = 20_000) -> int:

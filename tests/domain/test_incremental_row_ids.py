@@ -10,7 +10,7 @@ import pytest
 
 from infrastructure.eventlog import STATE_FILE
 from tests.domain.rig import IS, K, MakeRig, assert_whole, k_was_v1_then_v2, leaf_hash
-from tests.fakes import HookedNodeStore, swept_hashes
+from tests.fakes import HookedNodeStore, swept_events, swept_hashes
 
 
 class LookupCounter(HookedNodeStore):
@@ -87,11 +87,36 @@ def test_a_node_stale_twice_is_deleted_once_and_not_counted_as_kept_by_the_guard
     rig.commit({K: b"v3"})  # 4: stale (4, leaf), the same row id, a later transaction
     rig.filler(8)
     leaf = leaf_hash(K, b"v1")
-    ids = {row_id for _, h, row_id in rig.rt.nodes.stale_entries(10**9, 10**6) if h == leaf}
+    ids = {row_id for _, h, row_id, _ in rig.rt.nodes.stale_entries(10**9, 10**6) if h == leaf}
     assert len(ids) == 1  # two entries, one row
 
     report = rig.pruner_over(HookedNodeStore(rig.rt.nodes, hide_expired_roots=True)).run_cycle()
 
     assert report.phases[IS.value].kept_by_guard == 0
     assert swept_hashes(rig.rt.log).count(leaf) == 1
+    assert_whole(rig, report)
+
+
+def test_the_audit_of_a_sweep_from_recorded_rows_names_each_deleted_node_and_its_bytes(
+    make_rig: MakeRig,
+) -> None:
+    rig = make_rig(protection_orders=3, delete_batch_size=4)
+    for i in range(12):
+        rig.commit({K: b"v%d" % i, b"j": b"w%d" % (i % 3)}, objects={b"o": {b"f": b"%d" % i}})
+    rig.filler(6)
+    before = {
+        bytes(h): int(n)
+        for h, n in rig.store.connection.execute(
+            "SELECT hash, length(hash) + length(data) FROM nodes"
+        )
+    }
+
+    report = rig.pruner_over(HookedNodeStore(rig.rt.nodes, hide_expired_roots=True)).run_cycle()
+
+    events = swept_events(rig.rt.log)
+    gone = {h for h in before if not rig.is_stored(h)}
+    assert report.phases[IS.value].deleted == len(gone) > 0
+    assert sorted(h for e in events for h in e.hashes) == sorted(gone)
+    assert all(e.bytes_freed == sum(before[h] for h in e.hashes) for e in events)
+    assert report.phases[IS.value].bytes_freed == sum(before[h] for h in gone)
     assert_whole(rig, report)

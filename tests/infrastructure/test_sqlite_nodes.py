@@ -215,19 +215,19 @@ def test_sweep_stale_consumes_every_entry_it_is_given_and_no_other(
     for i in range(1, 6):
         store.commit_tx({b"k": b"v%d" % i}, chain_timestamp=i)
     entries = nodes.stale_entries(3, 1_000)
-    assert entries and all(order <= 3 for order, _, _ in entries)
+    assert entries and all(order <= 3 for order, *_ in entries)
     later = set(nodes.stale_entries(10**9, 1_000)) - set(entries)
     assert later
     kept_hash = entries[0][1]
     rows = node_rows(store)
-    ids = [rows[h][0] for _, h, _ in entries if h != kept_hash and h in rows]
+    ids = [rows[h][0] for _, h, *_ in entries if h != kept_hash and h in rows]
 
     deleted = nodes.sweep_stale(entries, ids, 5, entry())
 
     # Consumed even where the pruner chose not to delete: the index is a candidate list.
     assert set(nodes.stale_entries(10**9, 1_000)) == later
     assert kept_hash in stored_hashes(store.connection)
-    assert {h for h, _ in deleted} == {h for _, h, _ in entries if h != kept_hash and h in rows}
+    assert {h for h, _ in deleted} == {h for _, h, *_ in entries if h != kept_hash and h in rows}
 
 
 def test_sweep_stale_given_entries_with_gaps_consumes_only_those_entries(
@@ -255,8 +255,8 @@ def test_stale_entries_come_oldest_first_and_stop_at_the_limit_and_the_order(
     entries = nodes.stale_entries(6, 5)
 
     assert len(entries) == 5
-    assert [o for o, _, _ in entries] == sorted(o for o, _, _ in entries)
-    assert all(o <= 6 for o, _, _ in entries)
+    assert [o for o, *_ in entries] == sorted(o for o, *_ in entries)
+    assert all(o <= 6 for o, *_ in entries)
     assert entries == nodes.stale_entries(6, 1_000)[:5]
 
 
