@@ -36,7 +36,7 @@ with perf_counter around each call; the rest of the phase is the walk or the sta
 Baselines are timed with perf_counter. cpu_s columns (time.process_time) show how much of a wall
 time was this process's CPU: the machine is shared.
 
-Every connection, ours and the baselines', uses the same PRAGMAs (sqlite_nodes.PRUNER_PRAGMAS), so
+Every connection, ours and the baselines', uses the same PRAGMAs (pruner_schema.PRUNER_PRAGMAS), so
 a ratio measures bookkeeping, not tuning. Deferred WAL checkpoint work left at the end of a sweep
 is timed separately (`final_checkpoint_s`) for ours and for the baseline.
 
