@@ -95,7 +95,7 @@ class DeleteWork:
         stats.deleted += len(deleted)
         stats.bytes_freed += sum(map(itemgetter(1), deleted))
         if deleted:
-            now = self.manager.clock.now()
+            now = self._now()
             for no, part in entry.event_batches(deleted):  # saved together: all or none
                 cycle.record_batch(phase, snap.snapshot_id, no, part, now, part.row_ids)
             self.log.save(cycle)
@@ -104,7 +104,7 @@ class DeleteWork:
 
     def _checkpoint(self, snap: AtomicSnapshot, phase: PrunePhase, point: dict[str, Any]) -> None:
         cycle = self._cycle(snap)
-        cycle.progress(phase, point, self.manager.clock.now())
+        cycle.progress(phase, point, self._now())
         self.log.save(cycle)
 
     def reconcile_journal(self) -> int:

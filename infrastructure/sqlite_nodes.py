@@ -14,7 +14,7 @@ from infrastructure import smt
 from infrastructure.node_kids import add_kids_column, unpack_ids
 from infrastructure.pruner_schema import PRUNER_PRAGMAS, ensure_journal, tune_connection
 from infrastructure.reach_sets import FileReachStore, RoaringReach
-from infrastructure.stale_ids import add_node_id_column
+from infrastructure.stale_ids import add_stale_columns
 
 __all__ = [
     "PRUNER_PRAGMAS",
@@ -30,6 +30,14 @@ __all__ = [
 _CHUNK = 998
 
 
+def _delete_counted(c: sqlite3.Connection, where: str, params: list[int], expected: int) -> None:
+    """The guarded DELETE, which must remove exactly the rows the same transaction counted or
+    read; otherwise the caller's transaction rolls back."""
+    removed = c.execute(f"DELETE FROM nodes WHERE {where}", params).rowcount
+    if removed != expected:
+        raise sqlite3.DatabaseError(f"guarded delete removed {removed} rows, expected {expected}")
+
+
 class SqliteNodeStore:
     """Implements NodeStorePort on its own connection to the state store file."""
 
@@ -39,7 +47,7 @@ class SqliteNodeStore:
         tune_connection(self.conn)
         ensure_journal(self.conn)
         add_kids_column(self.conn)
-        add_node_id_column(self.conn)
+        add_stale_columns(self.conn)
         self._genesis: bytes | None = None
 
     def close(self) -> None:
@@ -161,11 +169,7 @@ class SqliteNodeStore:
                 else:
                     sql = f"SELECT id FROM nodes WHERE {where} ORDER BY id"
                     ids = [i for (i,) in c.execute(sql, params)]
-                removed = c.execute(f"DELETE FROM nodes WHERE {where}", params).rowcount
-                if removed != len(rows):
-                    raise sqlite3.DatabaseError(
-                        f"guarded delete removed {removed} rows, expected {len(rows)}"
-                    )
+                _delete_counted(c, where, params, len(rows))
                 deleted.extend(rows)
                 deleted.row_ids.extend(ids)
             self._consume_stale(stale)
@@ -208,11 +212,7 @@ class SqliteNodeStore:
         (passing,) = c.execute(f"SELECT COUNT(*) FROM nodes WHERE {where}", params).fetchone()
         if passing != len(chunk):
             return False
-        removed = c.execute(f"DELETE FROM nodes WHERE {where}", params).rowcount
-        if removed != passing:
-            raise sqlite3.DatabaseError(
-                f"guarded delete removed {removed} rows, expected {passing}"
-            )
+        _delete_counted(c, where, params, passing)
         deleted.extend(map(known.__getitem__, chunk))
         deleted.row_ids.extend(chunk)
         return True

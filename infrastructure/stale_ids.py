@@ -25,7 +25,7 @@ INSERT_STALE = (
 )
 
 
-def add_node_id_column(conn: sqlite3.Connection) -> None:
+def add_stale_columns(conn: sqlite3.Connection) -> None:
     """A store made before `stale.node_id` / `node_size` gets them (NULL for existing entries)."""
     add_missing_columns(conn, "stale", _COLUMNS)
 

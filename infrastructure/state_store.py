@@ -28,7 +28,7 @@ from infrastructure.node_kids import (
     unpack_ids,
     write_nodes,
 )
-from infrastructure.stale_ids import INSERT_STALE, add_node_id_column, backfill_stale_ids
+from infrastructure.stale_ids import INSERT_STALE, add_stale_columns, backfill_stale_ids
 
 __all__ = [
     "MAX_ROW_ID",
@@ -128,7 +128,7 @@ class SqliteStateStore:
         self._conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         self._conn.executescript(SCHEMA)
         add_kids_column(self._conn)
-        add_node_id_column(self._conn)
+        add_stale_columns(self._conn)
 
     @classmethod
     def open(cls, path: str | Path) -> SqliteStateStore:
