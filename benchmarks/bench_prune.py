@@ -68,6 +68,8 @@ from pyroaring import BitMap
 from domain.config import PruneConfig
 from domain.pruning import FETCH_BATCH
 from infrastructure.eventlog import STATE_FILE
+from infrastructure.node_index import HashIndex
+from infrastructure.node_kids import LOOKUP_CHUNK
 from infrastructure.runtime import Runtime, Settings
 from infrastructure.sqlite_nodes import _CHUNK as SQL_CHUNK
 from infrastructure.sqlite_nodes import PRUNER_PRAGMAS, tune_connection
@@ -122,6 +124,7 @@ def cache_key(args: argparse.Namespace) -> str:
 UPGRADES: list[tuple[str, str, Callable[[SqliteStateStore], int]]] = [
     ("kids_backfill_s", "nodes.kids", SqliteStateStore.backfill_kids),
     ("stale_backfill_s", "stale.node_id and node_size", SqliteStateStore.backfill_stale_ids),
+    ("prefix_rebuild_s", "the node table (hash-prefix index)", SqliteStateStore.rebuild_nodes),
 ]
 
 
@@ -170,6 +173,7 @@ def cached_store(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
         "build_s": round(time.perf_counter() - started, 1),
         "kids_backfill_s": 0.0,  # written by the writer itself
         "stale_backfill_s": 0.0,
+        "prefix_rebuild_s": 0.0,
     }
     (building / "meta.json").write_text(json.dumps(meta))
     shutil.rmtree(final, ignore_errors=True)
@@ -315,10 +319,11 @@ def baseline_bfs(path: Path, roots: list[bytes]) -> dict[str, Any]:
     rows = 0
     t, cpu = time.perf_counter(), time.process_time()
     wanted = list(dict.fromkeys(r for r in roots if any(r)))
-    for i in range(0, len(wanted), SQL_CHUNK):
-        chunk = wanted[i : i + SQL_CHUNK]
-        sql = f"SELECT id FROM nodes WHERE hash IN ({','.join('?' * len(chunk))})"
-        visited.update(row_id for (row_id,) in conn.execute(sql, chunk))
+    index = HashIndex.of(conn)
+    for i in range(0, len(wanted), LOOKUP_CHUNK):
+        where, params = index.any_of(wanted[i : i + LOOKUP_CHUNK])
+        found = conn.execute(f"SELECT id FROM nodes WHERE {where}", params)
+        visited.update(row_id for (row_id,) in found)
     frontier = list(visited)
     while frontier:
         batch = sorted(frontier[-FETCH_BATCH:])
@@ -414,23 +419,22 @@ def _in(column: str, n: int) -> str:
 
 def baseline_replay(path: Path, ops: list[tuple[str, Any]]) -> dict[str, Any]:
     """The pruner's store operations, in the same order, as plain SQL on one connection: the
-    same lookups (`SELECT id FROM nodes WHERE hash IN`, `SELECT id, kids ... WHERE id IN`, the
-    stale-index reads) and the same deletes (`DELETE FROM nodes WHERE id IN`, plus the same
+    same lookups (by hash through `HashIndex`, `SELECT id, kids ... WHERE id IN`, the stale-index
+    reads) and the same deletes (`DELETE FROM nodes WHERE id IN`, plus the same
     range delete of the stale rows a batch consumed), one transaction per pruner transaction.
     No guard, no journal, no fence, no swept flags, no events."""
     conn = raw_connection(path)
     execute = conn.execute
+    index = HashIndex.of(conn)
     deleted = lookups_s = 0.0
     transactions = 0
     t, cpu = time.perf_counter(), time.process_time()
     for kind, arg in ops:
         t_op = time.perf_counter()
         if kind == "hash":
-            for i in range(0, len(arg), SQL_CHUNK):
-                chunk = arg[i : i + SQL_CHUNK]
-                execute(
-                    f"SELECT hash, id FROM nodes WHERE {_in('hash', len(chunk))}", chunk
-                ).fetchall()
+            for i in range(0, len(arg), LOOKUP_CHUNK):
+                where, params = index.any_of(arg[i : i + LOOKUP_CHUNK])
+                execute(f"SELECT hash, id FROM nodes WHERE {where}", params).fetchall()
         elif kind == "id":
             ids = sorted(arg)
             for i in range(0, len(ids), SQL_CHUNK):

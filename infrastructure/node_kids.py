@@ -13,20 +13,20 @@ import struct
 from collections.abc import Iterator, Sequence
 
 from infrastructure import smt
+from infrastructure.node_index import HashIndex
 from infrastructure.sqlite_columns import add_missing_columns
 
-# The write barrier (a hash that already exists is stamped again), with `kids`, the
-# children's row ids in smt.children order (`pack_ids`), rewritten too.
-UPSERT_NODE = (
-    "INSERT INTO nodes(hash, data, written_order, kids) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT(hash) DO UPDATE SET written_order = excluded.written_order, "
-    "kids = excluded.kids RETURNING id"
-)
+# The write barrier: a hash that already exists is stamped again (with its `kids`, the
+# children's row ids in smt.children order, `pack_ids`, rewritten too); a new one is inserted.
+INSERT_NODE = "INSERT INTO nodes(hash, data, written_order, kids) VALUES (?, ?, ?, ?) RETURNING id"
+STAMP_NODE = "UPDATE nodes SET written_order = ?, kids = ? WHERE {where} RETURNING id"
 _ADD_KIDS = "ALTER TABLE nodes ADD COLUMN kids BLOB"
 _IDS = struct.Struct("<I")
 MAX_ROW_ID = 2**32 - 1  # the reach set is a 32-bit roaring bitmap too
 
-LOOKUP_CHUNK = 500  # stays under SQLite's bound-parameter limit
+# Hashes per lookup: with the prefixes (node_index.HashIndex.any_of), at most 998 bound
+# parameters, under the 999 of SQLite before 3.32.
+LOOKUP_CHUNK = 499
 
 
 def chunked(items: list[bytes], size: int = LOOKUP_CHUNK) -> Iterator[list[bytes]]:
@@ -54,13 +54,27 @@ def add_kids_column(conn: sqlite3.Connection) -> None:
     add_missing_columns(conn, "nodes", {"kids": _ADD_KIDS})
 
 
-def read_for_write(conn: sqlite3.Connection, h: bytes, ids: dict[bytes, int]) -> bytes:
+def ids_by_hash(
+    conn: sqlite3.Connection, index: HashIndex, hashes: list[bytes]
+) -> dict[bytes, int]:
+    """Row ids of the stored ones among `hashes`."""
+    out: dict[bytes, int] = {}
+    for chunk in chunked(hashes):
+        where, params = index.any_of(chunk)
+        out.update(conn.execute(f"SELECT hash, id FROM nodes WHERE {where}", params))
+    return out
+
+
+def read_for_write(
+    conn: sqlite3.Connection, index: HashIndex, h: bytes, ids: dict[bytes, int]
+) -> bytes:
     """A node the writer reads from its base tree, whose `kids` also give the row ids of its
     children: the siblings the new path nodes will point at, found without a lookup. A live
     node's kids name live rows (a sweep never deletes a child of a retained node), and ids
     already known (written in this transaction) win. The node's own row id goes into `ids`
     too: a node the tx replaces becomes a stale entry with it."""
-    row = conn.execute("SELECT data, kids, id FROM nodes WHERE hash = ?", (h,)).fetchone()
+    where, params = index.one(h)
+    row = conn.execute(f"SELECT data, kids, id FROM nodes WHERE {where}", params).fetchone()
     if row is None:
         raise smt.MissingNodeError(h)
     data: bytes = row[0]
@@ -72,20 +86,23 @@ def read_for_write(conn: sqlite3.Connection, h: bytes, ids: dict[bytes, int]) ->
 
 
 def write_nodes(
-    conn: sqlite3.Connection, written: dict[bytes, bytes], order: int, ids: dict[bytes, int]
+    conn: sqlite3.Connection,
+    index: HashIndex,
+    written: dict[bytes, bytes],
+    order: int,
+    ids: dict[bytes, int],
+    stored: set[bytes],
 ) -> None:
-    """Upserts `written`, children first, each with its children's row ids (`kids`), inside
-    the caller's write transaction. Children the tx does not write come from `ids` (filled by
-    `read_for_write` and earlier txs of the batch) or are looked up; a missing one is a broken
-    base tree."""
+    """Writes `written`, children first, each with its children's row ids (`kids`), inside
+    the caller's write transaction: the hashes in `stored` (which the caller found in this
+    transaction) are stamped, the others inserted. Children the tx does not write come from
+    `ids` (filled by `read_for_write` and earlier txs of the batch) or are looked up; a missing
+    one is a broken base tree."""
     kids_of = {h: smt.children(d) for h, d in written.items()}
     outside = [c for kids in kids_of.values() for c in kids if c not in ids and c not in written]
     if outside:
         outside = list(dict.fromkeys(outside))
-        for chunk in chunked(outside):
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT hash, id FROM nodes WHERE hash IN ({marks})"
-            ids.update(conn.execute(sql, chunk))
+        ids.update(ids_by_hash(conn, index, outside))
         missing = [c for c in outside if c not in ids]
         if missing:
             raise smt.MissingNodeError(missing[0])
@@ -96,7 +113,14 @@ def write_nodes(
             if child in written and child not in done:
                 put(child)
         kids = pack_ids([ids[c] for c in kids_of[h]])
-        ids[h] = execute(UPSERT_NODE, (h, written[h], order, kids)).fetchone()[0]
+        if h in stored:
+            where, params = index.one(h)
+            row = execute(STAMP_NODE.format(where=where), (order, kids, *params)).fetchone()
+            if row is None:  # the caller saw it in this transaction: nobody else can delete it
+                raise RuntimeError(f"node {h.hex()} vanished inside the write transaction")
+        else:  # a hash stored after all fails the UNIQUE index or trigger: nothing is lost
+            row = execute(INSERT_NODE, (h, written[h], order, kids)).fetchone()
+        ids[h] = row[0]
         done.add(h)
 
     done: set[bytes] = set()
@@ -105,7 +129,7 @@ def write_nodes(
             put(h)
 
 
-def backfill_kids(conn: sqlite3.Connection, batch: int = 20_000) -> int:
+def backfill_kids(conn: sqlite3.Connection, index: HashIndex, batch: int = 20_000) -> int:
     """Fills `kids` of rows written before the column existed; returns how many. A row whose
     child is gone (garbage a sweep left half deleted) keeps NULL: the pruner's lookups fall
     back to hashes for it."""
@@ -119,11 +143,7 @@ def backfill_kids(conn: sqlite3.Connection, batch: int = 20_000) -> int:
             ).fetchall()
             kids_of = {i: smt.children(d) for i, d in rows}
             wanted = list({c for kids in kids_of.values() for c in kids})
-            ids: dict[bytes, int] = {}
-            for chunk in chunked(wanted):
-                marks = ",".join("?" * len(chunk))
-                sql = f"SELECT hash, id FROM nodes WHERE hash IN ({marks})"
-                ids.update(conn.execute(sql, chunk))
+            ids = ids_by_hash(conn, index, wanted)
             updates = [
                 (pack_ids([ids[c] for c in kids]), i)
                 for i, kids in kids_of.items()

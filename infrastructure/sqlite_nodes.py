@@ -11,7 +11,8 @@ import msgpack
 from domain.errors import LockNotHeldError
 from domain.ports import MISSING_ROW, DeletedNodes, Expansion, JournalEntry, StaleEntry
 from infrastructure import smt
-from infrastructure.node_kids import add_kids_column, unpack_ids
+from infrastructure.node_index import HashIndex
+from infrastructure.node_kids import add_kids_column, ids_by_hash, unpack_ids
 from infrastructure.pruner_schema import PRUNER_PRAGMAS, ensure_journal, tune_connection
 from infrastructure.reach_sets import FileReachStore, RoaringReach
 from infrastructure.stale_ids import add_stale_columns
@@ -49,6 +50,17 @@ class SqliteNodeStore:
         add_kids_column(self.conn)
         add_stale_columns(self.conn)
         self._genesis: bytes | None = None
+        self._index: HashIndex | None = None
+
+    @property
+    def hash_index(self) -> HashIndex:
+        """The node table's layout, read once it exists (a pruner may open the file first)."""
+        if self._index is None:
+            index = HashIndex.of(self.conn)
+            if not self.conn.execute("PRAGMA table_info(nodes)").fetchone():
+                return index
+            self._index = index
+        return self._index
 
     def close(self) -> None:
         self.conn.close()
@@ -77,13 +89,7 @@ class SqliteNodeStore:
     # --- nodes ---------------------------------------------------------------------------
 
     def ids_of(self, hashes: list[bytes]) -> dict[bytes, int]:
-        out: dict[bytes, int] = {}
-        execute = self.conn.execute
-        for i in range(0, len(hashes), _CHUNK):  # from the covering hash index alone
-            chunk = hashes[i : i + _CHUNK]
-            sql = f"SELECT hash, id FROM nodes WHERE hash IN ({','.join('?' * len(chunk))})"
-            out.update(execute(sql, chunk))
-        return out
+        return ids_by_hash(self.conn, self.hash_index, hashes)
 
     def expand(self, row_ids: list[int]) -> Expansion:
         rows: list[tuple[int, bytes]] = []  # kids is NULL (None) for a row from before it

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from infrastructure.node_index import HashIndex
 from infrastructure.sqlite_columns import add_missing_columns
 
 _COLUMNS = {
@@ -30,7 +31,7 @@ def add_stale_columns(conn: sqlite3.Connection) -> None:
     add_missing_columns(conn, "stale", _COLUMNS)
 
 
-def backfill_stale_ids(conn: sqlite3.Connection, batch: int = 50_000) -> int:
+def backfill_stale_ids(conn: sqlite3.Connection, index: HashIndex, batch: int = 50_000) -> int:
     """Fills `node_id` and `node_size` of entries from before the columns from the row now
     holding their hash (the row the pruner's lookup would find); entries whose hash is gone
     keep NULL. Returns how many it filled. One write transaction per `batch` entries, so a
@@ -45,12 +46,12 @@ def backfill_stale_ids(conn: sqlite3.Connection, batch: int = 50_000) -> int:
                 (*after, batch),
             ).fetchall()
             if keys:
+                same = index.matches("stale", "hash")
                 filled += conn.execute(
-                    "UPDATE stale SET (node_id, node_size) = (SELECT id, length(hash) + "
-                    "length(data) FROM nodes WHERE nodes.hash = stale.hash) "
+                    "UPDATE stale SET (node_id, node_size) = (SELECT nodes.id, "
+                    f"length(nodes.hash) + length(nodes.data) FROM nodes WHERE {same}) "
                     "WHERE (node_id IS NULL OR node_size IS NULL) AND (stale_order, hash) "
-                    "BETWEEN (?, ?) AND (?, ?) AND EXISTS (SELECT 1 FROM nodes "
-                    "WHERE nodes.hash = stale.hash)",
+                    f"BETWEEN (?, ?) AND (?, ?) AND EXISTS (SELECT 1 FROM nodes WHERE {same})",
                     (*keys[0], *keys[-1]),
                 ).rowcount
             conn.execute("COMMIT")

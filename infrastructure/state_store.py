@@ -17,12 +17,14 @@ from pathlib import Path
 from types import TracebackType
 
 from infrastructure import smt
+from infrastructure.node_index import HashIndex, ensure_nodes_table, rebuild_nodes
 from infrastructure.node_kids import (
     LOOKUP_CHUNK,
     MAX_ROW_ID,
     add_kids_column,
     backfill_kids,
     chunked,
+    ids_by_hash,
     pack_ids,
     read_for_write,
     unpack_ids,
@@ -44,9 +46,8 @@ __all__ = [
     "unpack_ids",
 ]
 
+# The node table is node_index.NODES_TABLE.
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY AUTOINCREMENT,
-    hash BLOB NOT NULL UNIQUE, data BLOB NOT NULL, written_order INTEGER NOT NULL, kids BLOB);
 CREATE TABLE IF NOT EXISTS roots (tx_order INTEGER PRIMARY KEY, state_root BLOB NOT NULL,
     block_height INTEGER NOT NULL, block_hash BLOB NOT NULL, chain_timestamp INTEGER NOT NULL,
     swept INTEGER NOT NULL DEFAULT 0);
@@ -126,6 +127,7 @@ class SqliteStateStore:
         self._conn.execute("PRAGMA synchronous = NORMAL")
         # The hash index is random-access: a bigger page cache keeps its hot pages around.
         self._conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        self._index = ensure_nodes_table(self._conn)
         self._conn.executescript(SCHEMA)
         add_kids_column(self._conn)
         add_stale_columns(self._conn)
@@ -137,6 +139,11 @@ class SqliteStateStore:
     @property
     def connection(self) -> sqlite3.Connection:
         return self._conn
+
+    @property
+    def hash_index(self) -> HashIndex:
+        """How this store's node table is found by hash (`node_index`)."""
+        return self._index
 
     def close(self) -> None:
         self._conn.close()
@@ -217,7 +224,7 @@ class SqliteStateStore:
         def read(h: bytes) -> bytes:
             data = batch_nodes.get(h)
             if data is None:
-                data = read_for_write(self._conn, h, batch_ids)
+                data = read_for_write(self._conn, self._index, h, batch_ids)
             seen[h] = data
             return data
 
@@ -238,10 +245,11 @@ class SqliteStateStore:
         written.update(nodes)
         stale = self._stale_candidates(read, seen, replaced, written)
         # Nodes read or written earlier in this SQLite transaction are known to exist.
-        unknown = [h for h in written if h not in seen and h not in batch_nodes]
-        reused = len(written) - len(unknown) + self._count_existing(unknown)
+        stored = {h for h in written if h in seen or h in batch_nodes}
+        unknown = [h for h in written if h not in stored]
+        stored.update(ids_by_hash(self._conn, self._index, unknown))
         batch_nodes.update(written)
-        write_nodes(self._conn, written, order, batch_ids)
+        write_nodes(self._conn, self._index, written, order, batch_ids, stored)
         conn = self._conn
         conn.execute(
             "INSERT INTO roots(tx_order, state_root, block_height, block_hash, "
@@ -253,16 +261,23 @@ class SqliteStateStore:
             INSERT_STALE,
             [(order, h, batch_ids.get(h), len(h) + len(seen[h])) for h in stale],
         )
-        return TxResult(order, new_root, len(written), reused, len(stale))
+        return TxResult(order, new_root, len(written), len(stored), len(stale))
 
     def backfill_stale_ids(self) -> int:
         """Fills `stale.node_id` and `node_size` of entries from before them (`stale_ids`)."""
-        return backfill_stale_ids(self._conn)
+        return backfill_stale_ids(self._conn, self._index)
 
     def backfill_kids(self, batch: int = 20_000) -> int:
         """Fills `kids` of rows written before the column existed; returns how many (see
         `node_kids.backfill_kids`)."""
-        return backfill_kids(self._conn, batch)
+        return backfill_kids(self._conn, self._index, batch)
+
+    def rebuild_nodes(self) -> bool:
+        """Moves a store made before the prefix index to it (`node_index.rebuild_nodes`):
+        stop the writer first. Returns False if there was nothing to do."""
+        rebuilt = rebuild_nodes(self._conn)
+        self._index = HashIndex.of(self._conn)
+        return rebuilt
 
     @staticmethod
     def _stale_candidates(
@@ -284,14 +299,6 @@ class SqliteStateStore:
                 out.update(dict.fromkeys(smt.reachable(read, field_root)))
         return [h for h in out if h not in written]
 
-    def _count_existing(self, hashes: list[bytes]) -> int:
-        count = 0
-        for chunk in chunked(hashes):
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT COUNT(*) FROM nodes WHERE hash IN ({marks})"
-            count += self._conn.execute(sql, chunk).fetchone()[0]
-        return count
-
     def pin_root(self, state_root: bytes) -> None:
         self._conn.execute(
             "INSERT OR IGNORE INTO pinned_roots(state_root) VALUES (?)", (state_root,)
@@ -303,7 +310,8 @@ class SqliteStateStore:
     # --- reads ------------------------------------------------------------------------------
 
     def read_node(self, h: bytes) -> bytes:
-        row = self._conn.execute("SELECT data FROM nodes WHERE hash = ?", (h,)).fetchone()
+        where, params = self._index.one(h)
+        row = self._conn.execute(f"SELECT data FROM nodes WHERE {where}", params).fetchone()
         if row is None:
             raise smt.MissingNodeError(h)
         data: bytes = row[0]
@@ -397,7 +405,6 @@ class SqliteStateStore:
         """`{hash: data}` for the stored ones among `hashes`, in chunked IN lookups."""
         out: dict[bytes, bytes] = {}
         for chunk in chunked(list(hashes)):
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT hash, data FROM nodes WHERE hash IN ({marks})"
-            out.update(self._conn.execute(sql, chunk).fetchall())
+            where, params = self._index.any_of(chunk)
+            out.update(self._conn.execute(f"SELECT hash, data FROM nodes WHERE {where}", params))
         return out

@@ -66,11 +66,10 @@ def garbage_violations(store: SqliteStateStore, since_order: int) -> list[str]:
 def _stored_orders(store: SqliteStateStore, hashes: Sequence[bytes]) -> dict[bytes, int]:
     out: dict[bytes, int] = {}
     unique = list(dict.fromkeys(hashes))
-    for i in range(0, len(unique), 500):
-        chunk = unique[i : i + 500]
-        marks = ",".join("?" * len(chunk))
+    for i in range(0, len(unique), 499):
+        where, params = store.hash_index.any_of(unique[i : i + 499])
         rows = store.connection.execute(
-            f"SELECT hash, written_order FROM nodes WHERE hash IN ({marks})", chunk
+            f"SELECT hash, written_order FROM nodes WHERE {where}", params
         )
         out.update((bytes(h), int(o)) for h, o in rows)
     return out

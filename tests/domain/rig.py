@@ -86,8 +86,9 @@ class Rig:
 
     def row(self, h: bytes) -> tuple[int, int] | None:
         """(row id, written_order) of a stored node, or None."""
+        where, params = self.store.hash_index.one(h)
         found = self.store.connection.execute(
-            "SELECT id, written_order FROM nodes WHERE hash = ?", (h,)
+            f"SELECT id, written_order FROM nodes WHERE {where}", params
         ).fetchone()
         return None if found is None else (int(found[0]), int(found[1]))
 

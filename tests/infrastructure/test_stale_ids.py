@@ -131,7 +131,7 @@ def test_backfill_works_through_more_entries_than_one_batch(tmp_path: Path) -> N
     with SqliteStateStore.open(path) as store:
         total = len(stale_rows(store.connection))
         assert total > 20
-        assert backfill_stale_ids(store.connection, batch=7) == total
+        assert backfill_stale_ids(store.connection, store.hash_index, batch=7) == total
         nodes = rows_by_hash(store.connection)
         assert all(r == nodes[h] for _, h, r in stale_rows(store.connection))
 
