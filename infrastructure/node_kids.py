@@ -152,7 +152,8 @@ def backfill_kids(conn: sqlite3.Connection, index: HashIndex, batch: int = 20_00
             conn.executemany("UPDATE nodes SET kids = ? WHERE id = ?", updates)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (IOERR, FULL)
+                conn.execute("ROLLBACK")
             raise
         filled += len(updates)
         if not rows:

@@ -197,7 +197,8 @@ class SqliteNodeStore:
                 )
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            if c.in_transaction:  # SQLite may have rolled back already (IOERR, FULL)
+                c.execute("ROLLBACK")
             raise
         return deleted
 

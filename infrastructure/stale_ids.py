@@ -56,7 +56,8 @@ def backfill_stale_ids(conn: sqlite3.Connection, index: HashIndex, batch: int = 
                 ).rowcount
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (IOERR, FULL)
+                conn.execute("ROLLBACK")
             raise
         if len(keys) < batch:
             return filled
