@@ -8,7 +8,7 @@ inside the deleting transaction, so a hash that a writer put back after S surviv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -62,9 +62,27 @@ class CycleReport:
     phases: dict[str, PhaseStats] = field(default_factory=dict)
 
 
-def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+@dataclass
+class _Pending:
+    """SweepExpired's garbage not yet deleted, in walk order, and the root groups it came from:
+    (offset of the group's first row in `garbage`, the group's root orders)."""
+
+    garbage: list[int] = field(default_factory=list)
+    groups: list[tuple[int, list[int]]] = field(default_factory=list)
+
+    def add(self, orders: list[int], garbage: list[int]) -> None:
+        self.groups.append((len(self.garbage), orders))
+        self.garbage.extend(garbage)
+
+    def take_groups_from(self, cut: int) -> list[int]:
+        """Orders of the groups whose garbage all lies at or after `cut`."""
+        done = [orders for start, orders in self.groups if start >= cut]
+        self.groups = [(start, orders) for start, orders in self.groups if start < cut]
+        return [order for orders in done for order in orders]
+
+    def swept_through(self, last_walked: int) -> int:
+        """Every expired root at or below this order is marked swept."""
+        return self.groups[0][1][0] - 1 if self.groups else last_walked
 
 
 class PhaseWork(DeleteWork):
@@ -145,34 +163,37 @@ class PhaseWork(DeleteWork):
         expired = self.nodes.expired_roots(snap.retained_from_order)
         root_ids = self._root_ids([root for _, root in expired])
         seen = self.reach_store.new()  # unmarked rows this sweep has collected
-        pending: list[int] = []  # garbage of whole roots, in discovery order
-        pending_roots: list[int] = []
+        pending = _Pending()
         for start in range(0, len(expired), ROOTS_PER_WALK):
             group = expired[start : start + ROOTS_PER_WALK]
             ids = [root_ids[root] for _, root in group if root in root_ids]
-            pending.extend(self._unmarked_below(ids, reach, seen))
-            pending_roots.extend(order for order, _ in group)
+            pending.add([order for order, _ in group], self._unmarked_below(ids, reach, seen))
             done = start + len(group)
-            if len(pending) >= self._commit_rows or done == len(expired):
-                self._delete_roots(snap, pending, pending_roots, stats)
-                stats.roots = done
-                last = group[-1][0]
-                self._checkpoint(snap, PrunePhase.SWEEP_EXPIRED, {"swept_through_order": last})
-                pending, pending_roots = [], []
+            if len(pending.garbage) >= self._commit_rows or done == len(expired):
+                self._delete_roots(snap, pending, stats, everything=done == len(expired))
+                stats.roots = done - sum(len(orders) for _, orders in pending.groups)
+                point = {"swept_through_order": pending.swept_through(group[-1][0])}
+                self._checkpoint(snap, PrunePhase.SWEEP_EXPIRED, point)
             self.progress(PrunePhase.SWEEP_EXPIRED.value, done, len(expired))
         stats.visited = len(seen)
 
     def _delete_roots(
-        self, snap: AtomicSnapshot, garbage: list[int], orders: list[int], stats: PhaseStats
+        self, snap: AtomicSnapshot, pending: _Pending, stats: PhaseStats, *, everything: bool
     ) -> None:
-        """Deletes in reverse discovery order, so whatever a crash leaves is a prefix of the
-        walk: still reachable from a root that is not yet marked swept (marking happens in
-        the last transaction), and the next cycle walks it again."""
-        garbage.reverse()
-        chunks = list(_batches(garbage, self._commit_rows)) or [[]]
-        for i, ids in enumerate(chunks):
-            last = i == len(chunks) - 1
-            self._delete(snap, PrunePhase.SWEEP_EXPIRED, ids, stats, swept=orders if last else [])
+        """Deletes full transactions of garbage from the end of the walk backwards, so whatever
+        a crash leaves is a prefix of the walk: still reachable from a root not yet marked
+        swept. A root group is marked swept in the transaction that deletes the last of its
+        garbage (the head of its part). What is left short of a full transaction waits for
+        the next groups' garbage, unless `everything`: each COMMIT rewrites most of the hash
+        index, so fewer, fuller transactions delete faster."""
+        rows = self._commit_rows
+        while len(pending.garbage) >= rows or (everything and pending.groups):
+            cut = max(0, len(pending.garbage) - rows)
+            ids = pending.garbage[cut:]
+            ids.reverse()
+            swept = pending.take_groups_from(cut)
+            del pending.garbage[cut:]
+            self._delete(snap, PrunePhase.SWEEP_EXPIRED, ids, stats, swept=swept)
 
     def _unmarked_below(self, root_ids: list[int], reach: ReachSet, seen: ReachSet) -> list[int]:
         """Row ids under `root_ids` that no retained root reaches and that no earlier root of
