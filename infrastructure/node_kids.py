@@ -1,7 +1,7 @@
 """The `kids` column of the state store's node table: each node's children's row ids, so a
 walk steps by row id (one b-tree) instead of by hash (the hash index, then the table).
 
-Written by the writer in the node's own transaction and rewritten by every upsert, so a child
+Written by the writer in the node's own transaction and rewritten by every write of it, so a child
 deleted and written again (a new row id: AUTOINCREMENT never reuses one) gets its new id in
 every parent the tx writes. NULL: a row from before the column; readers fall back to hashes.
 """

@@ -2,7 +2,7 @@
 
 Safe to share between processes: WAL mode, a 30 s busy timeout, and short transactions.
 The writer takes the write lock up front (`BEGIN IMMEDIATE`) and does all of a tx's work
-inside it: read the latest root, compute the update, upsert nodes, add the root and the
+inside it: read the latest root, compute the update, write (or re-stamp) nodes, add the root and the
 stale-index rows. A pruner on another connection either sees all of that tx or none of it.
 
 Genesis is the first committed transaction: tx_order 0. An empty store has no roots.
@@ -84,7 +84,7 @@ class TxSpec:
 class TxResult:
     tx_order: int
     state_root: bytes
-    nodes_written: int  # upserts, re-stamps included
+    nodes_written: int  # inserts and re-stamps
     nodes_reused: int = 0  # of those, hashes that were already stored (re-stamped)
     stale_written: int = 0
 
