@@ -26,7 +26,7 @@ from domain.errors import (
     RecoveryExhaustedError,
     UnknownPhaseError,
 )
-from infrastructure import cli_audit, cli_history, cli_views
+from infrastructure import cli_audit, cli_history, cli_store, cli_views
 from infrastructure.cli_common import Context, console, err, usage_error
 from infrastructure.config_file import CONFIG_FILE, DEFAULT_TOML, load_settings
 from infrastructure.eventlog import ensure_data_dir
@@ -293,6 +293,7 @@ for _command in (
     cli_history.export,
     cli_history.status,
     cli_audit.audit,
+    cli_store.upgrade_store,
 ):
     cli.add_command(_command)
     for _leaf in _command.commands.values() if isinstance(_command, click.Group) else [_command]:
