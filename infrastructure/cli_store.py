@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from infrastructure import smt
 from infrastructure.cli_common import Context, console, err, usage_error
+from infrastructure.config_file import load_settings
 from infrastructure.eventlog import STATE_FILE
 from infrastructure.node_index import HashIndex
 from infrastructure.node_kids import ids_by_hash
@@ -161,6 +162,7 @@ def upgrade_store(obj: Context, check: bool, as_json: bool) -> None:
     that fails rolls back; the steps before it are kept and running this again carries on.
     On a current store it does nothing. --check reads only and exits 1 if any step is needed,
     0 if the store is current."""
+    load_settings(obj.data_dir, obj.config)  # a broken config file fails here as everywhere
     path = obj.data_dir / STATE_FILE
     if not path.is_file():
         usage_error(

@@ -442,6 +442,7 @@ def test_a_read_command_on_a_missing_data_directory_fails_and_creates_nothing(
         "replay",
         "snapshots",
         "status",
+        "upgrade-store",
         "validate",
     }
 
