@@ -61,6 +61,7 @@ class Pruner(PhaseWork):
         self.progress = progress or (lambda phase, done, total: None)
         self.recovery = recovery or ErrorRecoveryManager(manager, sleep=lambda s: None)
         self._reach: ReachSet | None = None
+        self._collected: ReachSet | None = None  # rows SweepExpired deleted (or the guard kept)
         self._lock_checked: datetime | None = None
         self._lock_check_every = timedelta(milliseconds=manager.config.lock_timeout_ms / 4)
         # Asked before every phase and every delete batch; True stops the cycle cleanly.
@@ -139,7 +140,7 @@ class Pruner(PhaseWork):
     def _run_phases(
         self, snap: AtomicSnapshot, report: CycleReport, first: PrunePhase, resume: bool
     ) -> PrunePhase:
-        self._reach = None
+        self._reach = self._collected = None
         phases = self._order()
         bodies = {
             PrunePhase.BUILD_REACH: self._build_reach,

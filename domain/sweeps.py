@@ -96,6 +96,7 @@ class PhaseWork(DeleteWork):
     progress: Progress
     should_stop: Callable[[], bool]
     _reach: ReachSet | None
+    _collected: ReachSet | None
     _lock_checked: datetime | None
     _lock_check_every: timedelta
 
@@ -176,6 +177,7 @@ class PhaseWork(DeleteWork):
                 self._checkpoint(snap, PrunePhase.SWEEP_EXPIRED, point)
             self.progress(PrunePhase.SWEEP_EXPIRED.value, done, len(expired))
         stats.visited = len(seen)
+        self._collected = seen
 
     def _delete_roots(
         self, snap: AtomicSnapshot, pending: _Pending, stats: PhaseStats, *, everything: bool
@@ -228,7 +230,10 @@ class PhaseWork(DeleteWork):
         self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport
     ) -> None:
         reach = self._reach_set(snap)
-        gone = self.reach_store.new()  # rows this sweep deleted: a node stale twice comes back
+        # Rows deleted already: by this sweep (a node stale twice comes back) or by this run's
+        # SweepExpired, whose garbage the stale index names too. Rows that SweepExpired's guard
+        # kept are in there as well: this snapshot's guard would keep them again.
+        gone = self._collected if self._collected is not None else self.reach_store.new()
         limit = self._commit_rows
         while entries := self.nodes.stale_entries(snap.retained_from_order, limit):
             # The writer recorded each replaced node's row id; only older entries need a lookup.

@@ -5,9 +5,11 @@ deleted, then written again as a new row) deletes nothing and leaves no garbage 
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 import pytest
 
+from domain.ports import StaleEntry, row_ids_of
 from infrastructure.eventlog import STATE_FILE
 from tests.domain.rig import IS, K, MakeRig, assert_whole, k_was_v1_then_v2, leaf_hash
 from tests.fakes import HookedNodeStore, swept_events, swept_hashes
@@ -120,3 +122,46 @@ def test_the_audit_of_a_sweep_from_recorded_rows_names_each_deleted_node_and_its
     assert all(e.bytes_freed == sum(before[h] for h in e.hashes) for e in events)
     assert report.phases[IS.value].bytes_freed == sum(before[h] for h in gone)
     assert_whole(rig, report)
+
+
+class SweepRecorder(HookedNodeStore):
+    """Records the rows each sweep's delete transactions were asked to delete, and the row
+    ids the stale entries IncrementalSweep consumed name."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.expired_deleted: set[int] = set()
+        self.incremental_asked: set[int] = set()
+        self.entries_named: set[int] = set()
+
+    def delete_guarded(self, row_ids: list[int], *args: Any) -> list[tuple[bytes, int]]:
+        deleted = super().delete_guarded(row_ids, *args)
+        self.expired_deleted.update(row_ids_of(deleted))
+        return deleted
+
+    def sweep_stale(
+        self, entries: list[StaleEntry], row_ids: list[int], *args: Any
+    ) -> list[tuple[bytes, int]]:
+        self.incremental_asked.update(row_ids)
+        self.entries_named.update(row_id for _, _, row_id, _ in entries)
+        return super().sweep_stale(entries, row_ids, *args)
+
+
+def test_incremental_sweep_skips_the_rows_sweep_expired_deleted_in_the_same_run(
+    make_rig: MakeRig,
+) -> None:
+    rig = make_rig(protection_orders=3)
+    k_was_v1_then_v2(rig)
+    for value in (b"v3", b"v4", b"v5"):
+        rig.commit({K: value, b"other": value})
+    rig.filler(4)
+    recorder = SweepRecorder(rig.rt.nodes)
+
+    report = rig.pruner_over(recorder).run_cycle()
+
+    # The stale index names rows SweepExpired deleted; IncrementalSweep does not ask again.
+    assert recorder.entries_named & recorder.expired_deleted
+    assert not recorder.incremental_asked & recorder.expired_deleted
+    assert report.phases[IS.value].kept_by_guard == 0
+    assert_whole(rig, report)
+    assert rig.check(report).unreachable_stored == 0

@@ -61,9 +61,10 @@ def test_a_leaf_a_writer_puts_back_between_build_reach_and_the_sweep_is_not_dele
     assert not rig.is_marked(report, leaf)  # garbage at the snapshot...
     row = rig.row(leaf)
     assert row is not None and row[1] == 10  # ...put back at order 10
-    # Both sweeps chose it and both guards kept it.
+    # SweepExpired chose it and its guard kept it; IncrementalSweep, whose stale entry names
+    # it too, skips the rows SweepExpired handled (the same guard would keep it again).
     assert report.phases[SE.value].kept_by_guard >= 1
-    assert report.phases[IS.value].kept_by_guard >= 1
+    assert report.phases[IS.value].kept_by_guard == 0
     assert leaf not in swept_hashes(rig.rt.log)
     assert rig.store.get(rig.latest_root(), K) == smt.encode_value(b"v1")
     assert_whole(rig, report)
