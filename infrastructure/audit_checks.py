@@ -31,18 +31,24 @@ def protected_roots(store: SqliteStateStore, since_order: int) -> list[bytes]:
     return [bytes(r[0]) for r in rows]
 
 
+def reachable_from(store: SqliteStateStore, roots: list[bytes]) -> set[bytes]:
+    """The hashes of the stored nodes `roots` reach, walked by hash (independent of `kids`)."""
+    reachable: set[bytes] = set()
+    frontier = [r for r in roots if r != smt.EMPTY_ROOT]
+    while frontier:
+        batch = [h for h in dict.fromkeys(frontier[-400:]) if h not in reachable]
+        del frontier[-400:]
+        for h, data in store.fetch_nodes(batch).items():
+            reachable.add(h)
+            frontier.extend(c for c in smt.children(data) if c not in reachable)
+    return reachable
+
+
 def check_store(store: SqliteStateStore, since_order: int) -> StoreCheck:
     """Hash-verifies every protected root and counts stored nodes none of them reaches."""
     roots = protected_roots(store, since_order)
     report = store.verify_roots(roots)
-    reachable: set[bytes] = set()
-    frontier = [r for r in roots if r != smt.EMPTY_ROOT]
-    while frontier:
-        batch = [h for h in dict.fromkeys(frontier[-500:]) if h not in reachable]
-        del frontier[-500:]
-        for h, data in store.fetch_nodes(batch).items():
-            reachable.add(h)
-            frontier.extend(c for c in smt.children(data) if c not in reachable)
+    reachable = reachable_from(store, roots)
     return StoreCheck(
         roots_checked=len(roots),
         reachable=len(reachable),

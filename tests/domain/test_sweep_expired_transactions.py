@@ -14,8 +14,7 @@ import pytest
 from domain.config import PruneConfig
 from domain.errors import PrunerStoppedError
 from domain.ports import JournalEntry
-from infrastructure import smt
-from infrastructure.audit_checks import check_store
+from infrastructure.audit_checks import check_store, reachable_from
 from infrastructure.state_store import SqliteStateStore
 from tests.fakes import PrunerRig, open_rig, write_chain
 
@@ -58,14 +57,7 @@ def orphans(store: SqliteStateStore, since_order: int) -> int:
             (since_order,),
         )
     ]
-    reached: set[bytes] = set()
-    frontier = [r for r in roots if r != smt.EMPTY_ROOT]
-    while frontier:
-        batch = [h for h in dict.fromkeys(frontier[-400:]) if h not in reached]
-        del frontier[-400:]
-        for h, data in store.fetch_nodes(batch).items():
-            reached.add(h)
-            frontier.extend(c for c in smt.children(data) if c not in reached)
+    reached = reachable_from(store, roots)
     stored = {bytes(h) for (h,) in store.connection.execute("SELECT hash FROM nodes")}
     return len(stored - reached)
 

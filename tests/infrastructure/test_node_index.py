@@ -26,6 +26,7 @@ from infrastructure.runtime import Runtime, Settings
 from infrastructure.sqlite_nodes import SqliteNodeStore
 from infrastructure.state_store import SqliteStateStore
 from infrastructure.workload import WorkloadWriter
+from tests.infrastructure.test_kids import dump
 
 # The nodes table of a store made before the prefix index.
 OLD_NODES_DDL = (
@@ -44,19 +45,6 @@ def open_store(path: Path, layout: str) -> SqliteStateStore:
         with closing(sqlite3.connect(path, isolation_level=None)) as conn:
             conn.execute(OLD_NODES_DDL)
     return SqliteStateStore.open(path)
-
-
-def dump(conn: sqlite3.Connection) -> Dump:
-    """Every row the writer touches: nodes, roots, stale, and the row id sequence."""
-    return tuple(
-        [tuple(r) for r in conn.execute(sql)]
-        for sql in (
-            "SELECT id, hash, data, written_order, kids FROM nodes ORDER BY id",
-            "SELECT * FROM roots ORDER BY tx_order",
-            "SELECT * FROM stale ORDER BY stale_order, hash",
-            "SELECT name, seq FROM sqlite_sequence ORDER BY name",
-        )
-    )
 
 
 def roots(conn: sqlite3.Connection) -> list[bytes]:
