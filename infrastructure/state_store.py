@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -30,7 +29,16 @@ from infrastructure.node_kids import (
     unpack_ids,
     write_nodes,
 )
+from infrastructure.root_queries import RootQueries
 from infrastructure.stale_ids import INSERT_STALE, add_stale_columns, backfill_stale_ids
+from infrastructure.state_rows import (
+    ChainViewRow,
+    EmptyStoreError,
+    RootRow,
+    TxResult,
+    TxSpec,
+    block_hash_for,
+)
 
 __all__ = [
     "MAX_ROW_ID",
@@ -57,67 +65,12 @@ CREATE TABLE IF NOT EXISTS pinned_roots (state_root BLOB PRIMARY KEY) WITHOUT RO
 CREATE INDEX IF NOT EXISTS roots_by_height ON roots(block_height);
 """
 
-ROOT_COLUMNS = "tx_order, state_root, block_height, block_hash, chain_timestamp, swept"
 OBJECT_RAW = b"obj"
 BUSY_TIMEOUT_S = 30.0
 CACHE_KIB = 64 * 1024
 
 
-class EmptyStoreError(LookupError):
-    """The store has no committed transaction yet, so there is no chain to view."""
-
-
-def block_hash_for(tx_order: int, state_root: bytes) -> bytes:
-    return smt.sha256(b"block" + tx_order.to_bytes(8, "big") + state_root)
-
-
-@dataclass(frozen=True, slots=True)
-class TxSpec:
-    """One tx for `commit_many`; fields as in `commit_tx`."""
-
-    changes: Mapping[bytes, bytes | None]
-    chain_timestamp: int
-    objects: Mapping[bytes, Mapping[bytes, bytes] | None] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TxResult:
-    tx_order: int
-    state_root: bytes
-    nodes_written: int  # inserts and re-stamps
-    nodes_reused: int = 0  # of those, hashes that were already stored (re-stamped)
-    stale_written: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class RootRow:
-    tx_order: int
-    state_root: bytes
-    block_height: int
-    block_hash: bytes
-    chain_timestamp: int
-    swept: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ChainViewRow:
-    latest_order: int
-    state_root: bytes
-    block_height: int
-    block_hash: bytes
-    chain_timestamp: int
-    genesis_root: bytes
-    pinned_roots: tuple[bytes, ...]
-    # Roots with order in [latest_order - protection_orders, latest_order], oldest first;
-    # empty unless `read_chain_view` was asked for them.
-    window_roots: tuple[bytes, ...] = ()
-
-
-def _root_row(row: tuple[int, bytes, int, bytes, int, int]) -> RootRow:
-    return RootRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
-
-
-class SqliteStateStore:
+class SqliteStateStore(RootQueries):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so transaction edges are exact.
@@ -320,66 +273,6 @@ class SqliteStateStore:
     def get(self, root: bytes, key: bytes) -> bytes | None:
         """The encoded value (see `smt.decode_value`) of `key` at `root`, or None."""
         return smt.get(self.read_node, root, key)
-
-    def latest(self) -> RootRow | None:
-        row = self._conn.execute(
-            f"SELECT {ROOT_COLUMNS} FROM roots ORDER BY tx_order DESC LIMIT 1"
-        ).fetchone()
-        return None if row is None else _root_row(row)
-
-    def root_at(self, order: int) -> RootRow | None:
-        row = self._conn.execute(
-            f"SELECT {ROOT_COLUMNS} FROM roots WHERE tx_order = ?", (order,)
-        ).fetchone()
-        return None if row is None else _root_row(row)
-
-    def roots_between(self, lo: int, hi: int) -> list[RootRow]:
-        """Roots with lo <= tx_order <= hi, oldest first."""
-        rows = self._conn.execute(
-            f"SELECT {ROOT_COLUMNS} FROM roots WHERE tx_order BETWEEN ? AND ? ORDER BY tx_order",
-            (lo, hi),
-        ).fetchall()
-        return [_root_row(r) for r in rows]
-
-    def block_hash_at(self, height: int) -> bytes | None:
-        row = self._conn.execute(
-            "SELECT block_hash FROM roots WHERE block_height = ?", (height,)
-        ).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def read_chain_view(self, protection_orders: int | None = None) -> ChainViewRow:
-        """Latest order, root, chain metadata, genesis and pinned roots, in ONE read tx.
-
-        In WAL mode a read transaction sees the database as of its first SELECT until it
-        ends, whatever writers commit meanwhile; so every field here comes from one state.
-        With `protection_orders`, the retained window's roots are read in the same tx.
-        """
-        conn = self._conn
-        conn.execute("BEGIN")
-        try:
-            latest = conn.execute(
-                f"SELECT {ROOT_COLUMNS} FROM roots ORDER BY tx_order DESC LIMIT 1"
-            ).fetchone()
-            if latest is None:
-                raise EmptyStoreError("no committed transaction yet")
-            genesis = conn.execute(
-                "SELECT state_root FROM roots ORDER BY tx_order LIMIT 1"
-            ).fetchone()
-            pinned = conn.execute("SELECT state_root FROM pinned_roots ORDER BY state_root")
-            pinned_roots = tuple(bytes(r[0]) for r in pinned)
-            window: tuple[bytes, ...] = ()
-            if protection_orders is not None:
-                rows = conn.execute(
-                    "SELECT state_root FROM roots WHERE tx_order >= ? ORDER BY tx_order",
-                    (latest[0] - protection_orders,),
-                )
-                window = tuple(bytes(r[0]) for r in rows)
-        finally:
-            conn.execute("COMMIT")
-        order, root, height, block_hash, timestamp, _ = latest
-        return ChainViewRow(
-            order, root, height, block_hash, timestamp, genesis[0], pinned_roots, window
-        )
 
     def node_count(self) -> int:
         count: int = self._conn.execute("SELECT COUNT(*) FROM nodes").fetchone()[0]
