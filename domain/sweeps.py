@@ -192,7 +192,6 @@ class PhaseWork(DeleteWork):
         while len(pending.garbage) >= rows or (everything and pending.groups):
             cut = max(0, len(pending.garbage) - rows)
             ids = pending.garbage[cut:]
-            ids.reverse()
             swept = pending.take_groups_from(cut)
             del pending.garbage[cut:]
             self._delete(snap, PrunePhase.SWEEP_EXPIRED, ids, stats, swept=swept)

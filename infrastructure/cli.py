@@ -10,10 +10,9 @@ import sys
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 import click
-from rich.markup import escape
 
 from domain.errors import (
     ConcurrencyConflictError,
@@ -27,7 +26,7 @@ from domain.errors import (
     UnknownPhaseError,
 )
 from infrastructure import cli_audit, cli_history, cli_store, cli_views
-from infrastructure.cli_common import Context, console, err, usage_error
+from infrastructure.cli_common import Context, console, err, fail, usage_error
 from infrastructure.config_file import CONFIG_FILE, DEFAULT_TOML, load_settings
 from infrastructure.eventlog import ensure_data_dir
 from infrastructure.logs import LEVELS, LOGGER, log_event
@@ -300,12 +299,6 @@ for _command in (
         _leaf.callback = _needs_data_dir(_leaf.callback)
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    """One line on stderr (escaped: `[prune]` in a message is text, not markup), then exit."""
-    err.print(f"[red]error:[/] {escape(message)}")
-    sys.exit(code)
-
-
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
@@ -314,15 +307,15 @@ def main() -> None:
         sys.exit(1)
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        _fail(exc.format_message() + hint, 2)
+        fail(exc.format_message() + hint, 2)
     except click.ClickException as exc:
-        _fail(exc.format_message(), 2)
+        fail(exc.format_message(), 2)
     except (ConfigError, UnknownPhaseError) as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     except (PrunelogError, DataDirError) as exc:
-        _fail(f"{type(exc).__name__}: {exc}", 1)
+        fail(f"{type(exc).__name__}: {exc}", 1)
     except sqlite3.DatabaseError as exc:
-        _fail(f"database: {exc}", 1)
+        fail(f"database: {exc}", 1)
 
 
 if __name__ == "__main__":

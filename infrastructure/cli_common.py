@@ -24,10 +24,15 @@ class Context:
         self.config = Path(config) if config else None
 
 
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr (escaped: `[prune]` in a message is text, not markup), then exit."""
+    err.print(f"[red]error:[/] {escape(message)}")
+    sys.exit(code)
+
+
 def usage_error(message: str) -> NoReturn:
     """A one-line error on stderr and exit code 2 (bad usage: e.g. an unknown cycle)."""
-    err.print(f"[red]error:[/] {escape(message)}")
-    sys.exit(2)
+    fail(message, 2)
 
 
 def emit(as_json: bool, data: Any, table: Table | None = None) -> None:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from infrastructure import smt
-from infrastructure.cli_common import Context, console, err, usage_error
+from infrastructure.cli_common import Context, console, err, fail, usage_error
 from infrastructure.config_file import load_settings
 from infrastructure.eventlog import STATE_FILE
 from infrastructure.node_index import HashIndex
@@ -96,15 +96,33 @@ def _kids_fillable(conn: sqlite3.Connection, index: HashIndex, unfilled: str) ->
         after = rows[-1][0]
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+
+
+def _node_columns(conn: sqlite3.Connection, path: Path) -> set[str]:
+    columns = _columns(conn, "nodes")
+    if not columns:
+        raise NotAStateStoreError(f"{path} is not a prunelog state store: it has no nodes")
+    return columns
+
+
+def _require_state_store(path: Path) -> None:
+    """Raises as `inspect_store` does for a file that is no state store, without its scans."""
+    conn = _read_only(path)
+    try:
+        _node_columns(conn, path)
+    finally:
+        conn.close()
+
+
 def inspect_store(path: Path) -> Findings:
     """Reads `path` through a read-only connection and changes nothing. Raises
     sqlite3.DatabaseError for a file that is not SQLite, NotAStateStoreError for one without
     a node table."""
-    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    conn = _read_only(path)
     try:
-        node_columns = _columns(conn, "nodes")
-        if not node_columns:
-            raise NotAStateStoreError(f"{path} is not a prunelog state store: it has no nodes")
+        node_columns = _node_columns(conn, path)
         index = HashIndex.of(conn)
         unfilled = "kids IS NULL" if "kids" in node_columns else "1"
         stale_columns = _columns(conn, "stale")
@@ -131,11 +149,6 @@ def inspect_store(path: Path) -> Findings:
         )
     finally:
         conn.close()
-
-
-def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/] {escape(message)}")
-    sys.exit(1)
 
 
 def _timed(status: str, step: Callable[[], T]) -> tuple[T, float]:
@@ -170,24 +183,24 @@ def upgrade_store(obj: Context, check: bool, as_json: bool) -> None:
             "upgrade-store never creates one"
         )
     try:
-        findings = inspect_store(path)
         if check:
-            _report_check(path, findings, as_json)
+            _report_check(path, inspect_store(path), as_json)
+        _require_state_store(path)
         _upgrade(path, err if as_json else console, as_json)
     except NotAStateStoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except sqlite3.OperationalError as exc:
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (
             sqlite3.SQLITE_BUSY,
             sqlite3.SQLITE_LOCKED,
         ):
-            _fail(
+            fail(
                 f"{path} is busy: another process kept its write lock ({exc}). Stop the "
                 "writer and every pruner, then run upgrade-store again; steps done are kept"
             )
-        _fail(f"upgrading {path} failed: {exc}; the step in progress was rolled back")
+        fail(f"upgrading {path} failed: {exc}; the step in progress was rolled back")
     except sqlite3.DatabaseError as exc:
-        _fail(f"{path} is not a readable SQLite state store: {exc}")
+        fail(f"{path} is not a readable SQLite state store: {exc}")
 
 
 def _report_check(path: Path, found: Findings, as_json: bool) -> NoReturn:

@@ -44,9 +44,14 @@ class HashIndex:
     prefixed: bool
 
     @classmethod
-    def of(cls, conn: sqlite3.Connection) -> HashIndex:
+    def read(cls, conn: sqlite3.Connection) -> HashIndex | None:
+        """The layout of the store's node table; None while it has none."""
         columns = {row[1] for row in conn.execute("PRAGMA table_xinfo(nodes)")}
-        return cls("prefix" in columns)
+        return cls("prefix" in columns) if columns else None
+
+    @classmethod
+    def of(cls, conn: sqlite3.Connection) -> HashIndex:
+        return cls.read(conn) or cls(prefixed=False)
 
     def one(self, h: bytes) -> tuple[str, tuple[bytes, ...]]:
         """`WHERE` condition and parameters for the row of hash `h`."""

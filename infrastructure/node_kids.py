@@ -19,7 +19,7 @@ from infrastructure.sqlite_columns import add_missing_columns
 # The write barrier: a hash that already exists is stamped again (with its `kids`, the
 # children's row ids in smt.children order, `pack_ids`, rewritten too); a new one is inserted.
 INSERT_NODE = "INSERT INTO nodes(hash, data, written_order, kids) VALUES (?, ?, ?, ?) RETURNING id"
-STAMP_NODE = "UPDATE nodes SET written_order = ?, kids = ? WHERE {where} RETURNING id"
+STAMP_NODE = "UPDATE nodes SET written_order = ?, kids = ? WHERE id = ? AND hash = ?"
 _ADD_KIDS = "ALTER TABLE nodes ADD COLUMN kids BLOB"
 _IDS = struct.Struct("<I")
 MAX_ROW_ID = 2**32 - 1  # the reach set is a 32-bit roaring bitmap too
@@ -95,9 +95,9 @@ def write_nodes(
 ) -> None:
     """Writes `written`, children first, each with its children's row ids (`kids`), inside
     the caller's write transaction: the hashes in `stored` (which the caller found in this
-    transaction) are stamped, the others inserted. Children the tx does not write come from
-    `ids` (filled by `read_for_write` and earlier txs of the batch) or are looked up; a missing
-    one is a broken base tree."""
+    transaction, their row ids in `ids`) are stamped, the others inserted. Children the tx
+    does not write come from `ids` (filled by `read_for_write` and earlier txs of the batch)
+    or are looked up; a missing one is a broken base tree."""
     kids_of = {h: smt.children(d) for h, d in written.items()}
     outside = [c for kids in kids_of.values() for c in kids if c not in ids and c not in written]
     if outside:
@@ -114,13 +114,11 @@ def write_nodes(
                 put(child)
         kids = pack_ids([ids[c] for c in kids_of[h]])
         if h in stored:
-            where, params = index.one(h)
-            row = execute(STAMP_NODE.format(where=where), (order, kids, *params)).fetchone()
-            if row is None:  # the caller saw it in this transaction: nobody else can delete it
+            # The caller saw the row in this transaction: nobody else can delete it.
+            if execute(STAMP_NODE, (order, kids, ids[h], h)).rowcount != 1:
                 raise RuntimeError(f"node {h.hex()} vanished inside the write transaction")
         else:  # a hash stored after all fails the UNIQUE index or trigger: nothing is lost
-            row = execute(INSERT_NODE, (h, written[h], order, kids)).fetchone()
-        ids[h] = row[0]
+            ids[h] = execute(INSERT_NODE, (h, written[h], order, kids)).fetchone()[0]
         done.add(h)
 
     done: set[bytes] = set()

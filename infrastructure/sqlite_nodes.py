@@ -31,14 +31,6 @@ __all__ = [
 _CHUNK = 998
 
 
-def _delete_counted(c: sqlite3.Connection, where: str, params: list[int], expected: int) -> None:
-    """The guarded DELETE, which must remove exactly the rows the same transaction counted or
-    read; otherwise the caller's transaction rolls back."""
-    removed = c.execute(f"DELETE FROM nodes WHERE {where}", params).rowcount
-    if removed != expected:
-        raise sqlite3.DatabaseError(f"guarded delete removed {removed} rows, expected {expected}")
-
-
 class _RowsGoneBefore(Exception):
     """A chunk deleted from known rows had rows that were gone before its DELETE."""
 
@@ -60,11 +52,8 @@ class SqliteNodeStore:
     def hash_index(self) -> HashIndex:
         """The node table's layout, read once it exists (a pruner may open the file first)."""
         if self._index is None:
-            index = HashIndex.of(self.conn)
-            if not self.conn.execute("PRAGMA table_info(nodes)").fetchone():
-                return index
-            self._index = index
-        return self._index
+            self._index = HashIndex.read(self.conn)
+        return self._index or HashIndex(prefixed=False)
 
     def close(self) -> None:
         self.conn.close()
@@ -154,9 +143,7 @@ class SqliteNodeStore:
         row_ids = sorted(row_ids)  # one transaction: order is free, and neighbours share pages
         # What stale entries recorded of their rows: a row never changes hash (or size), so
         # a chunk of such rows is deleted without reading them (`_delete_known`).
-        known = {i: (h, n) for _, h, i, n in stale if i != MISSING_ROW and n}
-        if not trust_known:
-            known.clear()
+        known = {i: (h, n) for _, h, i, n in stale if i != MISSING_ROW and n} if trust_known else {}
         c.execute("BEGIN IMMEDIATE")
         try:
             self._check_fence(journal)
@@ -183,7 +170,11 @@ class SqliteNodeStore:
                 else:
                     sql = f"SELECT id FROM nodes WHERE {where} ORDER BY id"
                     ids = [i for (i,) in c.execute(sql, params)]
-                _delete_counted(c, where, params, len(rows))
+                removed = c.execute(f"DELETE FROM nodes WHERE {where}", params).rowcount
+                if removed != len(rows):  # rolls the transaction back
+                    raise sqlite3.DatabaseError(
+                        f"guarded delete removed {removed} rows, expected {len(rows)}"
+                    )
                 deleted.extend(rows)
                 deleted.row_ids.extend(ids)
             self._consume_stale(stale)

@@ -198,9 +198,11 @@ class SqliteStateStore(RootQueries):
         written.update(nodes)
         stale = self._stale_candidates(read, seen, replaced, written)
         # Nodes read or written earlier in this SQLite transaction are known to exist.
+        # Their row ids are in batch_ids (read_for_write and write_nodes put them there).
         stored = {h for h in written if h in seen or h in batch_nodes}
-        unknown = [h for h in written if h not in stored]
-        stored.update(ids_by_hash(self._conn, self._index, unknown))
+        found = ids_by_hash(self._conn, self._index, [h for h in written if h not in stored])
+        batch_ids.update(found)
+        stored.update(found)
         batch_nodes.update(written)
         write_nodes(self._conn, self._index, written, order, batch_ids, stored)
         conn = self._conn
