@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from operator import itemgetter
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -12,6 +11,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import IllegalPhaseOrderError, SnapshotMismatchError
 from domain.phases import IDLE, PHASE_TABLE, PrunePhase, resume_trigger, start_trigger
+from domain.ports import bytes_freed, hashes_of
 from domain.snapshot import NAMESPACE
 
 
@@ -100,7 +100,7 @@ class PruneCycle(Aggregate):
         phase: PrunePhase,
         snapshot_id: int,
         batch_no: int,
-        deleted: list[tuple[bytes, int]],
+        deleted: Sequence[tuple[bytes, int]],
         at: datetime,
         row_ids: Sequence[int] = (),
     ) -> None:
@@ -123,7 +123,7 @@ class PruneCycle(Aggregate):
         phase: PrunePhase,
         snapshot_id: int,
         batch_no: int,
-        deleted: list[tuple[bytes, int]],
+        deleted: Sequence[tuple[bytes, int]],
         at: datetime,
         row_ids: Sequence[int] = (),
     ) -> None:
@@ -300,7 +300,7 @@ def _batch(
     phase: PrunePhase,
     snapshot_id: int,
     batch_no: int,
-    deleted: list[tuple[bytes, int]],
+    deleted: Sequence[tuple[bytes, int]],
     at: datetime,
     row_ids: Sequence[int],
 ) -> dict[str, Any]:
@@ -312,8 +312,8 @@ def _batch(
         "snapshot_id": snapshot_id,
         "batch_no": batch_no,
         "count": len(deleted),
-        "hashes": list(map(itemgetter(0), deleted)),
-        "bytes_freed": sum(map(itemgetter(1), deleted)),
+        "hashes": hashes_of(deleted),
+        "bytes_freed": bytes_freed(deleted),
         "at": at,
         "row_ids": list(row_ids) if len(row_ids) == len(deleted) else [],
     }

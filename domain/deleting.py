@@ -5,9 +5,8 @@ PhaseWork (domain/sweeps.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from operator import itemgetter
 from typing import Any
 
 from domain.config import PruneConfig
@@ -15,7 +14,7 @@ from domain.cycle import PruneCycle, cycle_uuid
 from domain.errors import LockNotHeldError, PrunerStoppedError, SnapshotMismatchError
 from domain.manager import AtomicSnapshotManager
 from domain.phases import PrunePhase
-from domain.ports import EventLog, JournalEntry, NodeStorePort, StaleEntry
+from domain.ports import EventLog, JournalEntry, NodeStorePort, StaleEntry, bytes_freed
 from domain.snapshot import AtomicSnapshot
 
 
@@ -67,7 +66,7 @@ class DeleteWork:
         stats: Any,  # PhaseStats (domain/sweeps.py)
         stale: list[StaleEntry] | None = None,
         swept: list[int] | None = None,
-    ) -> list[tuple[bytes, int]]:
+    ) -> Sequence[tuple[bytes, int]]:
         """One journaled, fenced, guarded delete transaction and its NodesSwept events;
         returns what it deleted."""
         self._stop_point(phase)
@@ -93,7 +92,7 @@ class DeleteWork:
             deleted = self.nodes.sweep_stale(stale, ids, snap.latest_order, entry)
         stats.kept_by_guard += len(ids) - len(deleted)
         stats.deleted += len(deleted)
-        stats.bytes_freed += sum(map(itemgetter(1), deleted))
+        stats.bytes_freed += bytes_freed(deleted)
         if deleted:
             now = self._now()
             for no, part in entry.event_batches(deleted):  # saved together: all or none

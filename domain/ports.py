@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, NamedTuple, Protocol, TypeVar, overload
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -103,7 +103,7 @@ class JournalEntry:
     snapshot_id: int
     phase: str
     batch_no: int
-    deleted: list[tuple[bytes, int]]  # (hash, bytes freed)
+    deleted: Sequence[tuple[bytes, int]]  # (hash, bytes freed)
     row_ids: list[int] = field(default_factory=list)  # the deleted rows; [] if not recorded
     # The deleting holder and its lock's fencing token (PhaseLock.fence_token): the store
     # refuses the delete, in its own transaction, if a newer holder has deleted since.
@@ -115,31 +115,96 @@ class JournalEntry:
     # `event_rows` each, numbered from `batch_no`. 0: one event for the whole entry.
     event_rows: int = 0
 
-    def event_batches(self, deleted: list[tuple[bytes, int]]) -> list[tuple[int, DeletedNodes]]:
+    def event_batches(self, deleted: Sequence[tuple[bytes, int]]) -> list[tuple[int, DeletedNodes]]:
         """(batch_no, part) per NodesSwept event of `deleted`, what this entry journaled."""
-        row_ids = row_ids_of(deleted) or self.row_ids
+        if not isinstance(deleted, DeletedNodes):
+            deleted = DeletedNodes(deleted)
+        row_ids = deleted.row_ids or self.row_ids
         size = self.event_rows or max(1, len(deleted))
         return [
-            (self.batch_no + n, DeletedNodes(deleted[i : i + size], row_ids[i : i + size]))
+            (
+                self.batch_no + n,
+                DeletedNodes.of_columns(
+                    deleted.hashes[i : i + size],
+                    deleted.sizes[i : i + size],
+                    row_ids[i : i + size],
+                ),
+            )
             for n, i in enumerate(range(0, len(deleted), size))
         ]
 
 
-class DeletedNodes(list[tuple[bytes, int]]):
+class DeletedNodes(Sequence[tuple[bytes, int]]):
     """What a guarded delete removed: (hash, bytes freed) per node, and `row_ids`, the same
     nodes' row ids (the unit of the reach set), so the audit can re-check a batch against
-    the reach set it was swept with."""
+    the reach set it was swept with. Held as columns: a sweep reports a million nodes, and
+    the journal and the audit read them a column at a time."""
+
+    __slots__ = ("hashes", "row_ids", "sizes")
 
     def __init__(
         self, deleted: Iterable[tuple[bytes, int]] = (), row_ids: Iterable[int] = ()
     ) -> None:
-        super().__init__(deleted)
-        self.row_ids = list(row_ids)
+        pairs = list(deleted)
+        self.hashes: list[bytes] = [h for h, _ in pairs]
+        self.sizes: list[int] = [n for _, n in pairs]
+        self.row_ids: list[int] = list(row_ids)
+
+    @classmethod
+    def of_columns(
+        cls, hashes: list[bytes], sizes: list[int], row_ids: list[int] | None = None
+    ) -> DeletedNodes:
+        """Takes the lists as they are (no copy); `sizes` pairs up with `hashes`."""
+        if len(sizes) != len(hashes):
+            raise ValueError(f"{len(hashes)} hashes but {len(sizes)} sizes")
+        nodes = cls()
+        nodes.hashes, nodes.sizes, nodes.row_ids = hashes, sizes, row_ids or []
+        return nodes
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[bytes, int]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> DeletedNodes: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[bytes, int] | DeletedNodes:
+        if isinstance(index, slice):
+            return DeletedNodes.of_columns(
+                self.hashes[index], self.sizes[index], self.row_ids[index]
+            )
+        return self.hashes[index], self.sizes[index]
+
+    def __iter__(self) -> Iterator[tuple[bytes, int]]:
+        return zip(self.hashes, self.sizes, strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, DeletedNodes):
+            return (self.hashes, self.sizes) == (other.hashes, other.sizes)
+        return isinstance(other, list) and list(self) == other
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the list it stands for
+
+    def __repr__(self) -> str:
+        return f"DeletedNodes({list(self)!r}, row_ids={self.row_ids!r})"
 
 
-def row_ids_of(deleted: list[tuple[bytes, int]]) -> list[int]:
+def row_ids_of(deleted: Sequence[tuple[bytes, int]]) -> list[int]:
     """The row ids a store reported for a delete; [] when it returned a plain list."""
     return deleted.row_ids if isinstance(deleted, DeletedNodes) else []
+
+
+def hashes_of(deleted: Sequence[tuple[bytes, int]]) -> list[bytes]:
+    """The deleted hashes, in order (a new list)."""
+    if isinstance(deleted, DeletedNodes):
+        return list(deleted.hashes)
+    return [h for h, _ in deleted]
+
+
+def bytes_freed(deleted: Sequence[tuple[bytes, int]]) -> int:
+    return sum(deleted.sizes if isinstance(deleted, DeletedNodes) else (n for _, n in deleted))
 
 
 class NodeStorePort(Protocol):
@@ -165,7 +230,7 @@ class NodeStorePort(Protocol):
 
     def delete_guarded(
         self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]
-    ) -> list[tuple[bytes, int]]:
+    ) -> Sequence[tuple[bytes, int]]:
         """In ONE write transaction: delete rows whose written_order <= max_order, journal what
         was deleted, and mark the `swept` root orders done. Returns (hash, bytes) deleted, as
         DeletedNodes when the store also reports the row ids (SqliteNodeStore does)."""
@@ -181,7 +246,7 @@ class NodeStorePort(Protocol):
         row_ids: list[int],
         max_order: int,
         journal: JournalEntry,
-    ) -> list[tuple[bytes, int]]:
+    ) -> Sequence[tuple[bytes, int]]:
         """One transaction: guarded delete of `row_ids`, journal, and consume `entries`."""
         ...
 

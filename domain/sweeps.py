@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from domain.config import PruneConfig
@@ -236,8 +237,9 @@ class PhaseWork(DeleteWork):
         limit = self._commit_rows
         while entries := self.nodes.stale_entries(snap.retained_from_order, limit):
             # The writer recorded each replaced node's row id; only older entries need a lookup.
-            ids = [row_id for _, _, row_id, _ in entries if row_id != MISSING_ROW]
-            if len(ids) < len(entries):
+            ids = list(map(itemgetter(2), entries))
+            if MISSING_ROW in ids:
+                ids = [row_id for row_id in ids if row_id != MISSING_ROW]
                 unplaced = (h for _, h, row_id, _ in entries if row_id == MISSING_ROW)
                 ids += self.nodes.ids_of(list(dict.fromkeys(unplaced))).values()
             ids = gone.absent(reach.absent(ids))

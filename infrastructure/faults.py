@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -111,7 +111,7 @@ class FaultyNodeStore:
 
     def delete_guarded(
         self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]
-    ) -> list[tuple[bytes, int]]:
+    ) -> Sequence[tuple[bytes, int]]:
         return self._deleting(
             journal, lambda: self.inner.delete_guarded(row_ids, max_order, journal, swept)
         )
@@ -126,7 +126,7 @@ class FaultyNodeStore:
         row_ids: list[int],
         max_order: int,
         journal: JournalEntry,
-    ) -> list[tuple[bytes, int]]:
+    ) -> Sequence[tuple[bytes, int]]:
         return self._deleting(
             journal, lambda: self.inner.sweep_stale(entries, row_ids, max_order, journal)
         )
@@ -143,8 +143,8 @@ class FaultyNodeStore:
         self.inner.mark_journal_logged(batch_key)
 
     def _deleting(
-        self, journal: JournalEntry, run: Callable[[], list[tuple[bytes, int]]]
-    ) -> list[tuple[bytes, int]]:
+        self, journal: JournalEntry, run: Callable[[], Sequence[tuple[bytes, int]]]
+    ) -> Sequence[tuple[bytes, int]]:
         self._marking = False
         conn = self.inner.conn
         in_statement = False

@@ -4,9 +4,12 @@ journal in the same transaction, the stale index, and the persisted reach set.""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
+from operator import itemgetter
 from pathlib import Path
 
 import msgpack
+from pyroaring import BitMap
 
 from domain.errors import LockNotHeldError
 from domain.ports import MISSING_ROW, DeletedNodes, Expansion, JournalEntry, StaleEntry
@@ -23,6 +26,7 @@ __all__ = [
     "RoaringReach",
     "SqliteNodeStore",
     "ensure_journal",
+    "journaled_nodes",
     "tune_connection",
 ]
 
@@ -33,6 +37,26 @@ _CHUNK = 998
 
 class _RowsGoneBefore(Exception):
     """A chunk deleted from known rows had rows that were gone before its DELETE."""
+
+
+def _known_rows(stale: list[StaleEntry]) -> dict[int, StaleEntry]:
+    """Row id -> its stale entry, for the entries that recorded their row and its size. A row
+    stale at two orders has two equal entries (a row never changes hash or size)."""
+    if all(map(itemgetter(2), stale)) and all(map(itemgetter(3), stale)):
+        # ~3x the comprehension's speed
+        return dict(zip(map(itemgetter(2), stale), stale, strict=True))
+    return {e[2]: e for e in stale if e[2] != MISSING_ROW and e[3]}
+
+
+def journaled_nodes(blob: bytes) -> DeletedNodes:
+    """A journal row's `deleted`: msgpack columns {"h": hashes, "n": sizes}, or (hash, size)
+    pairs as journals written before the columns hold them."""
+    packed = msgpack.unpackb(blob)
+    if isinstance(packed, dict):
+        return DeletedNodes.of_columns(
+            [bytes(h) for h in packed["h"]], [int(n) for n in packed["n"]]
+        )
+    return DeletedNodes((bytes(h), int(n)) for h, n in packed)
 
 
 class SqliteNodeStore:
@@ -116,7 +140,7 @@ class SqliteNodeStore:
 
     def delete_guarded(
         self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]
-    ) -> list[tuple[bytes, int]]:
+    ) -> Sequence[tuple[bytes, int]]:
         return self._delete(row_ids, max_order, journal, [], swept)
 
     def sweep_stale(
@@ -125,7 +149,7 @@ class SqliteNodeStore:
         row_ids: list[int],
         max_order: int,
         journal: JournalEntry,
-    ) -> list[tuple[bytes, int]]:
+    ) -> Sequence[tuple[bytes, int]]:
         return self._delete(row_ids, max_order, journal, entries, [])
 
     def _delete(
@@ -139,11 +163,14 @@ class SqliteNodeStore:
         trust_known: bool = True,
     ) -> DeletedNodes:
         c = self.conn
-        deleted = DeletedNodes()
+        hashes: list[bytes] = []
+        sizes: list[int] = []
+        deleted_ids: list[int] = []
         row_ids = sorted(row_ids)  # one transaction: order is free, and neighbours share pages
         # What stale entries recorded of their rows: a row never changes hash (or size), so
         # a chunk of such rows is deleted without reading them (`_delete_known`).
-        known = {i: (h, n) for _, h, i, n in stale if i != MISSING_ROW and n} if trust_known else {}
+        known = _known_rows(stale) if trust_known else {}
+        all_known = bool(known) and BitMap(row_ids).issubset(BitMap(known))
         c.execute("BEGIN IMMEDIATE")
         try:
             self._check_fence(journal)
@@ -152,14 +179,19 @@ class SqliteNodeStore:
                 # The guard: a writer that stamped the hash after the snapshot wins.
                 where = f"id IN ({','.join('?' * len(chunk))}) AND written_order <= ?"
                 params = [*chunk, max_order]
-                if known and self._delete_known(c, chunk, where, params, known, deleted):
+                if all_known or (known and all(map(known.__contains__, chunk))):
+                    ids = self._delete_known(c, chunk, where, params)
+                    entries = list(map(known.__getitem__, ids))
+                    hashes.extend(map(itemgetter(1), entries))
+                    sizes.extend(map(itemgetter(3), entries))
+                    deleted_ids.extend(ids)
                     continue
                 # What the guarded DELETE will remove, read first inside the same write
                 # transaction (no writer can commit in between): measurably cheaper than
                 # DELETE ... RETURNING, which costs ~8 us more CPU per row.
                 # ORDER BY id costs no sort (the IN list is walked in rowid order) and pairs
                 # each row with its id: when every id is there and passes the guard, the
-                # ids are the chunk itself, and only the (hash, bytes) tuples are built.
+                # ids are the chunk itself.
                 rows = c.execute(
                     f"SELECT hash, length(hash) + length(data) FROM nodes WHERE {where} "
                     "ORDER BY id",
@@ -175,11 +207,12 @@ class SqliteNodeStore:
                     raise sqlite3.DatabaseError(
                         f"guarded delete removed {removed} rows, expected {len(rows)}"
                     )
-                deleted.extend(rows)
-                deleted.row_ids.extend(ids)
+                hashes.extend(map(itemgetter(0), rows))
+                sizes.extend(map(itemgetter(1), rows))
+                deleted_ids.extend(ids)
             self._consume_stale(stale)
             c.executemany("UPDATE roots SET swept = 1 WHERE tx_order = ?", [(o,) for o in swept])
-            if deleted:
+            if hashes:
                 c.execute(
                     "INSERT INTO sweep_journal(batch_key, cycle_no, snapshot_id, phase, "
                     "batch_no, deleted, row_ids, event_rows) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -189,8 +222,9 @@ class SqliteNodeStore:
                         journal.snapshot_id,
                         journal.phase,
                         journal.batch_no,
-                        msgpack.packb(list(deleted), use_bin_type=True),
-                        msgpack.packb(deleted.row_ids),
+                        # Columns, not pairs: packing a million 2-tuples cost ~0.4 s more.
+                        msgpack.packb({"h": hashes, "n": sizes}, use_bin_type=True),
+                        msgpack.packb(deleted_ids),
                         journal.event_rows,
                     ),
                 )
@@ -202,37 +236,27 @@ class SqliteNodeStore:
             if c.in_transaction:  # SQLite may have rolled back already (IOERR, FULL)
                 c.execute("ROLLBACK")
             raise
-        return deleted
+        return DeletedNodes.of_columns(hashes, sizes, deleted_ids)
 
     @staticmethod
     def _delete_known(
-        c: sqlite3.Connection,
-        chunk: list[int],
-        where: str,
-        params: list[int],
-        known: dict[int, tuple[bytes, int]],
-        deleted: DeletedNodes,
-    ) -> bool:
-        """Deletes `chunk` without reading its rows if every row of it is known (False, having
-        done nothing, otherwise), and reports them from `known`. When the guarded DELETE
-        removes fewer rows than the chunk has, the rows still there are the ones the guard
-        kept (inside the write transaction nothing else changes them), unless some were gone
-        already: then which of the missing ones this DELETE removed is unknown, and
-        `_RowsGoneBefore` sends the whole transaction back to be redone by reading the rows.
-        (Counting the passing rows first instead cost ~1 s per million rows deleted.)"""
-        if not all(map(known.__contains__, chunk)):
-            return False
+        c: sqlite3.Connection, chunk: list[int], where: str, params: list[int]
+    ) -> list[int]:
+        """Deletes `chunk`, whose rows the stale entries describe, without reading them, and
+        returns the ids it deleted. When the guarded DELETE removes fewer rows than the chunk
+        has, the rows still there are the ones the guard kept (inside the write transaction
+        nothing else changes them), unless some were gone already: then which of the missing
+        ones this DELETE removed is unknown, and `_RowsGoneBefore` sends the whole transaction
+        back to be redone by reading the rows. (Counting the passing rows first instead cost
+        ~1 s per million rows deleted.)"""
         removed = c.execute(f"DELETE FROM nodes WHERE {where}", params).rowcount
-        ids = chunk
-        if removed != len(chunk):
-            sql = f"SELECT id FROM nodes WHERE id IN ({','.join('?' * len(chunk))})"
-            kept = {i for (i,) in c.execute(sql, chunk)}
-            if removed + len(kept) != len(chunk):
-                raise _RowsGoneBefore
-            ids = [i for i in chunk if i not in kept]
-        deleted.extend(map(known.__getitem__, ids))
-        deleted.row_ids.extend(ids)
-        return True
+        if removed == len(chunk):
+            return chunk
+        sql = f"SELECT id FROM nodes WHERE id IN ({','.join('?' * len(chunk))})"
+        kept = {i for (i,) in c.execute(sql, chunk)}
+        if removed + len(kept) != len(chunk):
+            raise _RowsGoneBefore
+        return [i for i in chunk if i not in kept]
 
     def _check_fence(self, journal: JournalEntry) -> None:
         """Inside the delete transaction: refuses a holder whose lock a newer holding has
@@ -301,7 +325,7 @@ class SqliteNodeStore:
                 int(s),
                 str(p),
                 int(b),
-                [(bytes(h), int(n)) for h, n in msgpack.unpackb(d)],
+                journaled_nodes(d),
                 [] if ids is None else [int(i) for i in msgpack.unpackb(ids)],
                 event_rows=int(n),
             )

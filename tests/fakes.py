@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,7 +165,7 @@ class SimulatedCrashError(BaseException):
     or rollback inside the pruner can catch it, just as none can catch a SIGKILL."""
 
 
-DeleteHook = Callable[[int, list[tuple[bytes, int]]], None]
+DeleteHook = Callable[[int, Sequence[tuple[bytes, int]]], None]
 
 
 class HookedNodeStore:
@@ -197,7 +197,7 @@ class HookedNodeStore:
         for action in self._before_first.pop(method, []):
             action()
 
-    def _deleted(self, max_order: int, deleted: list[tuple[bytes, int]]) -> None:
+    def _deleted(self, max_order: int, deleted: Sequence[tuple[bytes, int]]) -> None:
         self.deleted.extend(deleted)
         for hook in self.after_delete:
             hook(max_order, deleted)
@@ -222,7 +222,7 @@ class HookedNodeStore:
 
     def delete_guarded(
         self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]
-    ) -> list[tuple[bytes, int]]:
+    ) -> Sequence[tuple[bytes, int]]:
         self._enter("delete_guarded")
         self.journals.append(journal)
         deleted = self.inner.delete_guarded(row_ids, max_order, journal, swept)
@@ -239,7 +239,7 @@ class HookedNodeStore:
         row_ids: list[int],
         max_order: int,
         journal: JournalEntry,
-    ) -> list[tuple[bytes, int]]:
+    ) -> Sequence[tuple[bytes, int]]:
         self._enter("sweep_stale")
         self.journals.append(journal)
         deleted = self.inner.sweep_stale(entries, row_ids, max_order, journal)
@@ -259,7 +259,7 @@ def crash_after_first_delete() -> DeleteHook:
     """An `after_delete` hook: the first delete transaction that removed anything commits,
     then the pruner "crashes" before it can log the batch."""
 
-    def hook(_max_order: int, deleted: list[tuple[bytes, int]]) -> None:
+    def hook(_max_order: int, deleted: Sequence[tuple[bytes, int]]) -> None:
         if deleted:
             raise SimulatedCrashError(f"crashed after deleting {len(deleted)} node(s)")
 

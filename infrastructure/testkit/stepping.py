@@ -4,7 +4,7 @@ raise armed faults, so that the machine's steps land between two pruner steps.""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 from uuid import UUID
 
@@ -99,7 +99,7 @@ class SteppingNodeStore:
 
     def delete_guarded(
         self, row_ids: list[int], max_order: int, journal: JournalEntry, swept: list[int]
-    ) -> list[tuple[bytes, int]]:
+    ) -> Sequence[tuple[bytes, int]]:
         self.pause("delete", f"{journal.phase} batch {journal.batch_no}: {len(row_ids)} ids")
         spec = self._fault("delete_guarded")
         out = self.inner.delete_guarded(row_ids, max_order, journal, swept)
@@ -119,7 +119,7 @@ class SteppingNodeStore:
         row_ids: list[int],
         max_order: int,
         journal: JournalEntry,
-    ) -> list[tuple[bytes, int]]:
+    ) -> Sequence[tuple[bytes, int]]:
         self.pause("delete", f"{journal.phase} batch {journal.batch_no}: {len(row_ids)} ids")
         spec = self._fault("sweep_stale")
         out = self.inner.sweep_stale(entries, row_ids, max_order, journal)

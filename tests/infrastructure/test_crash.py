@@ -17,12 +17,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import msgpack
 import pytest
 
 from infrastructure import faults
 from infrastructure.eventlog import EventsourcingLog
 from infrastructure.faults import KillAt, Trigger
+from infrastructure.sqlite_nodes import journaled_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -225,7 +225,7 @@ def test_between_batches_kill_leaves_the_journal_consistent_with_the_log(
     # row is still there, and names exactly what the event names.
     journal = state_rows(data_dir, "SELECT batch_no, logged, deleted FROM sweep_journal")
     assert [(b, logged) for b, logged, _ in journal] == [(2, 0)]
-    assert [bytes(h) for h, _ in msgpack.unpackb(journal[0][2])] == batches[1].hashes
+    assert journaled_nodes(journal[0][2]).hashes == batches[1].hashes
     assert deleted_log(data_dir) == audited(evs)
 
     after = assert_recovers(data_dir)

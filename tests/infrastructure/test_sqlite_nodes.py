@@ -7,11 +7,12 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
+import msgpack
 import pytest
 from pyroaring import BitMap
 
 from domain.errors import LockNotHeldError, ReachSetCorruptError
-from domain.ports import JournalEntry, row_ids_of
+from domain.ports import DeletedNodes, JournalEntry, bytes_freed, hashes_of, row_ids_of
 from infrastructure import smt
 from infrastructure.sqlite_nodes import FileReachStore, SqliteNodeStore
 from infrastructure.state_store import SqliteStateStore
@@ -258,6 +259,39 @@ def test_stale_entries_come_oldest_first_and_stop_at_the_limit_and_the_order(
     assert [o for o, *_ in entries] == sorted(o for o, *_ in entries)
     assert all(o <= 6 for o, *_ in entries)
     assert entries == nodes.stale_entries(6, 1_000)[:5]
+
+
+def test_a_journal_row_written_as_hash_size_pairs_by_an_older_version_is_still_read(
+    store: SqliteStateStore, nodes: SqliteNodeStore
+) -> None:
+    commit_keys(store, 3)
+    hashes = sorted(node_rows(store))[:2]
+    nodes.conn.execute(
+        "INSERT INTO sweep_journal(batch_key, cycle_no, snapshot_id, phase, batch_no, deleted, "
+        "row_ids, event_rows) VALUES ('default/1/1', 1, 1, 'SweepExpired', 1, ?, ?, 0)",
+        (msgpack.packb([[h, 70] for h in hashes], use_bin_type=True), msgpack.packb([4, 9])),
+    )
+
+    (journaled,) = nodes.unlogged_journal()
+
+    assert journaled.deleted == [(h, 70) for h in hashes]
+    assert journaled.row_ids == [4, 9]
+    ((no, part),) = journaled.event_batches(journaled.deleted)
+    assert (no, part.hashes, part.sizes, part.row_ids) == (1, hashes, [70, 70], [4, 9])
+
+
+def test_deleted_nodes_are_hash_size_pairs_kept_as_columns() -> None:
+    pairs = [(b"a" * 32, 90), (b"b" * 32, 120), (b"c" * 32, 60)]
+    nodes = DeletedNodes(pairs, [7, 8, 9])
+
+    assert nodes == pairs and list(nodes) == pairs and len(nodes) == 3
+    assert (nodes.hashes, nodes.sizes) == ([h for h, _ in pairs], [90, 120, 60])
+    assert nodes[1] == pairs[1]
+    assert (nodes[1:], nodes[1:].row_ids) == (pairs[1:], [8, 9])
+    assert bytes_freed(nodes) == bytes_freed(pairs) == 270
+    assert hashes_of(nodes) == hashes_of(pairs) == [h for h, _ in pairs]
+    with pytest.raises(ValueError, match="3 hashes but 2 sizes"):
+        DeletedNodes.of_columns(nodes.hashes, [1, 2])
 
 
 def test_marking_a_batch_logged_drops_only_that_journal_entry(
