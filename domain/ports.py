@@ -247,7 +247,8 @@ class NodeStorePort(Protocol):
         max_order: int,
         journal: JournalEntry,
     ) -> Sequence[tuple[bytes, int]]:
-        """One transaction: guarded delete of `row_ids`, journal, and consume `entries`."""
+        """One transaction: guarded delete of `row_ids`, journal, and consume `entries`
+        (distinct entries, as `stale_entries` returns them)."""
         ...
 
     def unlogged_journal(self) -> list[JournalEntry]: ...
@@ -261,6 +262,8 @@ class ReachSet(Protocol):
     def __contains__(self, row_id: int, /) -> bool: ...
 
     def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[int]: ...
 
     def add_new(self, row_ids: Iterable[int]) -> list[int]:
         """Adds `row_ids`; returns those that were not in the set yet, once each, ascending."""

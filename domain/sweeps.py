@@ -229,11 +229,12 @@ class PhaseWork(DeleteWork):
     def _incremental_sweep(
         self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport
     ) -> None:
-        reach = self._reach_set(snap)
-        # Rows deleted already: by this sweep (a node stale twice comes back) or by this run's
-        # SweepExpired, whose garbage the stale index names too. Rows that SweepExpired's guard
-        # kept are in there as well: this snapshot's guard would keep them again.
-        gone = self._collected if self._collected is not None else self.reach_store.new()
+        # Rows not to delete: the reach set's, and rows deleted already, by this sweep (a node
+        # stale twice comes back) or by this run's SweepExpired, whose garbage the stale index
+        # names too. Rows that SweepExpired's guard kept are in there as well: this snapshot's
+        # guard would keep them again. One set: one filter per round.
+        skip = self._collected if self._collected is not None else self.reach_store.new()
+        skip.add_new(self._reach_set(snap))
         limit = self._commit_rows
         while entries := self.nodes.stale_entries(snap.retained_from_order, limit):
             # The writer recorded each replaced node's row id; only older entries need a lookup.
@@ -242,8 +243,8 @@ class PhaseWork(DeleteWork):
                 ids = [row_id for row_id in ids if row_id != MISSING_ROW]
                 unplaced = (h for _, h, row_id, _ in entries if row_id == MISSING_ROW)
                 ids += self.nodes.ids_of(list(dict.fromkeys(unplaced))).values()
-            ids = gone.absent(reach.absent(ids))
+            ids = skip.absent(ids)
             stats.visited += len(entries)
             deleted = self._delete(snap, PrunePhase.INCREMENTAL_SWEEP, ids, stats, entries)
-            gone.add_new(row_ids_of(deleted))
+            skip.add_new(row_ids_of(deleted))
             self.progress(PrunePhase.INCREMENTAL_SWEEP.value, stats.visited, None)

@@ -288,16 +288,17 @@ class SqliteNodeStore:
         holds exactly the batch. No writer adds a row inside the range (its orders are above
         every existing root) and only the fenced lock holder removes any, so a range holding
         as many rows as the batch holds the batch (and a stale row is only a candidate: one
-        dropped wrongly could leave garbage, never lose a node). Otherwise row by row."""
+        dropped wrongly could leave garbage, never lose a node). Otherwise row by row.
+        The entries are distinct, as the port requires: no set of a batch is built to check."""
         if not entries:
             return
         c = self.conn
-        # Keys are unique per row, so the row id never decides a comparison or a duplicate.
+        # Keys are unique per row, so the row id never decides a comparison.
         (first, first_hash, *_), (last, last_hash, *_) = min(entries), max(entries)
         where = "WHERE (stale_order, hash) >= (?, ?) AND (stale_order, hash) <= (?, ?)"
         bounds = (first, first_hash, last, last_hash)
         (in_range,) = c.execute(f"SELECT COUNT(*) FROM stale {where}", bounds).fetchone()
-        if in_range == len(set(entries)):
+        if in_range == len(entries):
             c.execute(f"DELETE FROM stale {where}", bounds)
         else:
             keys = [(order, h) for order, h, *_ in entries]
