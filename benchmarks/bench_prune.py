@@ -75,11 +75,11 @@ from domain.config import PruneConfig
 from domain.pruning import FETCH_BATCH
 from infrastructure.eventlog import STATE_FILE
 from infrastructure.node_index import HashIndex
-from infrastructure.node_kids import LOOKUP_CHUNK
+from infrastructure.node_kids import LOOKUP_CHUNK, unpack_id_array
 from infrastructure.runtime import Runtime, Settings
 from infrastructure.sqlite_nodes import _CHUNK as SQL_CHUNK
 from infrastructure.sqlite_nodes import PRUNER_PRAGMAS, tune_connection
-from infrastructure.state_store import SqliteStateStore, unpack_ids
+from infrastructure.state_store import SqliteStateStore
 from infrastructure.workload import WorkloadWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -341,7 +341,7 @@ def baseline_bfs(path: Path, roots: list[bytes]) -> dict[str, Any]:
             for _row_id, kids in conn.execute(sql, chunk):
                 rows += 1
                 packed.append(kids)
-        new = BitMap(unpack_ids(b"".join(packed)))
+        new = BitMap(unpack_id_array(b"".join(packed)))
         new -= visited
         visited |= new
         frontier.extend(new)
@@ -446,7 +446,7 @@ def baseline_replay(path: Path, ops: list[tuple[str, Any]]) -> dict[str, Any]:
             for i in range(0, len(ids), SQL_CHUNK):
                 chunk = ids[i : i + SQL_CHUNK]
                 sql = f"SELECT id, kids FROM nodes WHERE {_in('id', len(chunk))}"
-                unpack_ids(b"".join(k for _, k in execute(sql, chunk)))
+                unpack_id_array(b"".join(k for _, k in execute(sql, chunk)))
         elif kind == "stale":
             execute(
                 "SELECT stale_order, hash, node_id, node_size FROM stale WHERE stale_order <= ? "

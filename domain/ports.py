@@ -263,14 +263,13 @@ class ReachSet(Protocol):
 
     def __len__(self) -> int: ...
 
-    def __iter__(self) -> Iterator[int]: ...
-
-    def add_new(self, row_ids: Iterable[int]) -> list[int]:
-        """Adds `row_ids`; returns those that were not in the set yet, once each, ascending."""
+    def add_new(self, row_ids: Iterable[int], *, unless_in: ReachSet | None = None) -> list[int]:
+        """Adds those of `row_ids` not in `unless_in`; returns those that were not in the set
+        yet, once each, ascending."""
         ...
 
-    def absent(self, row_ids: Iterable[int]) -> list[int]:
-        """Those of `row_ids` not in the set, once each, ascending."""
+    def absent(self, row_ids: Iterable[int], *, unless_in: ReachSet | None = None) -> list[int]:
+        """Those of `row_ids` in neither this set nor `unless_in`, once each, ascending."""
         ...
 
 

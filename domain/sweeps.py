@@ -202,13 +202,13 @@ class PhaseWork(DeleteWork):
         this sweep already collected (`seen`), parents before children. Rows already gone
         (a half-swept root of an earlier cycle) are left out."""
         found: list[int] = []
-        frontier = seen.add_new(reach.absent(root_ids))
+        frontier = seen.add_new(root_ids, unless_in=reach)
         while frontier:
             batch = frontier[-FETCH_BATCH:]
             del frontier[-FETCH_BATCH:]
             rows, children = self.nodes.expand(batch)
             found.extend(rows)
-            frontier.extend(seen.add_new(reach.absent(children)))
+            frontier.extend(seen.add_new(children, unless_in=reach))
             self._keep_lock(PrunePhase.SWEEP_EXPIRED)
         return found
 
@@ -229,12 +229,11 @@ class PhaseWork(DeleteWork):
     def _incremental_sweep(
         self, snap: AtomicSnapshot, stats: PhaseStats, report: CycleReport
     ) -> None:
-        # Rows not to delete: the reach set's, and rows deleted already, by this sweep (a node
-        # stale twice comes back) or by this run's SweepExpired, whose garbage the stale index
-        # names too. Rows that SweepExpired's guard kept are in there as well: this snapshot's
-        # guard would keep them again. One set: one filter per round.
-        skip = self._collected if self._collected is not None else self.reach_store.new()
-        skip.add_new(self._reach_set(snap))
+        reach = self._reach_set(snap)
+        # Rows deleted already: by this sweep (a node stale twice comes back) or by this run's
+        # SweepExpired, whose garbage the stale index names too. Rows that SweepExpired's guard
+        # kept are in there as well: this snapshot's guard would keep them again.
+        gone = self._collected if self._collected is not None else self.reach_store.new()
         limit = self._commit_rows
         while entries := self.nodes.stale_entries(snap.retained_from_order, limit):
             # The writer recorded each replaced node's row id; only older entries need a lookup.
@@ -243,8 +242,8 @@ class PhaseWork(DeleteWork):
                 ids = [row_id for row_id in ids if row_id != MISSING_ROW]
                 unplaced = (h for _, h, row_id, _ in entries if row_id == MISSING_ROW)
                 ids += self.nodes.ids_of(list(dict.fromkeys(unplaced))).values()
-            ids = skip.absent(ids)
+            ids = gone.absent(ids, unless_in=reach)
             stats.visited += len(entries)
             deleted = self._delete(snap, PrunePhase.INCREMENTAL_SWEEP, ids, stats, entries)
-            skip.add_new(row_ids_of(deleted))
+            gone.add_new(row_ids_of(deleted))
             self.progress(PrunePhase.INCREMENTAL_SWEEP.value, stats.visited, None)

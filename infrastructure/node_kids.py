@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+import sys
+from array import array
 from collections.abc import Iterator, Sequence
 
 from infrastructure import smt
@@ -22,6 +24,7 @@ INSERT_NODE = "INSERT INTO nodes(hash, data, written_order, kids) VALUES (?, ?, 
 STAMP_NODE = "UPDATE nodes SET written_order = ?, kids = ? WHERE id = ? AND hash = ?"
 _ADD_KIDS = "ALTER TABLE nodes ADD COLUMN kids BLOB"
 _IDS = struct.Struct("<I")
+_NATIVE_IDS = sys.byteorder == "little" and array("I").itemsize == _IDS.size
 MAX_ROW_ID = 2**32 - 1  # the reach set is a 32-bit roaring bitmap too
 
 # Hashes per lookup: with the prefixes (node_index.HashIndex.any_of), at most 998 bound
@@ -47,6 +50,16 @@ def pack_ids(row_ids: Sequence[int]) -> bytes:
 def unpack_ids(packed: bytes) -> tuple[int, ...]:
     """The inverse of `pack_ids`; also reads several packed lists joined together."""
     return struct.unpack(f"<{len(packed) // _IDS.size}I", packed)
+
+
+def unpack_id_array(packed: bytes) -> array[int]:
+    """`unpack_ids` as an array of uint32s: a copy of the bytes, with no int object per id
+    (a walk step reads thousands), which a roaring bitmap takes in as a buffer."""
+    if _NATIVE_IDS:
+        ids = array("I")
+        ids.frombytes(packed)
+        return ids
+    return array("I", unpack_ids(packed))
 
 
 def add_kids_column(conn: sqlite3.Connection) -> None:

@@ -16,16 +16,22 @@ from domain.ports import ReachSet
 class RoaringReach(BitMap):
     """The ReachSet port on a roaring bitmap: bulk steps run inside CRoaring."""
 
-    def add_new(self, row_ids: Iterable[int]) -> list[int]:
-        new = BitMap(row_ids)
-        new -= self
+    def add_new(self, row_ids: Iterable[int], *, unless_in: ReachSet | None = None) -> list[int]:
+        new = self._absent(row_ids, unless_in)
         self |= new
         return list(new)
 
-    def absent(self, row_ids: Iterable[int]) -> list[int]:
-        new = BitMap(row_ids)
+    def absent(self, row_ids: Iterable[int], *, unless_in: ReachSet | None = None) -> list[int]:
+        return list(self._absent(row_ids, unless_in))
+
+    def _absent(self, row_ids: Iterable[int], unless_in: ReachSet | None) -> BitMap:
+        new = BitMap(row_ids)  # an array("I") is read as a buffer: no int object per id
         new -= self
-        return list(new)
+        if isinstance(unless_in, BitMap):
+            new -= unless_in
+        elif unless_in is not None:
+            new = BitMap(unless_in.absent(new))
+        return new
 
 
 class FileReachStore:

@@ -15,7 +15,7 @@ from domain.errors import LockNotHeldError
 from domain.ports import MISSING_ROW, DeletedNodes, Expansion, JournalEntry, StaleEntry
 from infrastructure import smt
 from infrastructure.node_index import HashIndex
-from infrastructure.node_kids import add_kids_column, ids_by_hash, unpack_ids
+from infrastructure.node_kids import add_kids_column, ids_by_hash, unpack_id_array, unpack_ids
 from infrastructure.pruner_schema import PRUNER_PRAGMAS, ensure_journal, tune_connection
 from infrastructure.reach_sets import FileReachStore, RoaringReach
 from infrastructure.stale_ids import add_stale_columns
@@ -118,7 +118,7 @@ class SqliteNodeStore:
             rows += execute(sql, chunk).fetchall()
         found = [row_id for row_id, _ in rows]
         try:
-            return Expansion(found, unpack_ids(b"".join([kids for _, kids in rows])))
+            return Expansion(found, unpack_id_array(b"".join([kids for _, kids in rows])))
         except TypeError:  # a NULL kids: a row from before the column
             pass
         known = [(row_id, kids) for row_id, kids in rows if kids is not None]

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from domain.ports import MISSING_ROW
 from infrastructure import smt
+from infrastructure.node_kids import unpack_id_array
 from infrastructure.sqlite_nodes import SqliteNodeStore
 from infrastructure.state_store import (
     MAX_ROW_ID,
@@ -484,6 +485,13 @@ def test_pack_ids_round_trips_ids_up_to_32_bits_and_reads_joined_lists() -> None
     assert pack_ids([]) == b"" and unpack_ids(b"") == ()
     assert unpack_ids(pack_ids([5, 6]) + pack_ids([7])) == (5, 6, 7)
     assert pack_ids([1]) == b"\x01\x00\x00\x00"  # little-endian uint32
+
+
+def test_unpack_id_array_reads_the_same_ids_as_unpack_ids_into_an_array() -> None:
+    packed = pack_ids([5, 6, MAX_ROW_ID]) + pack_ids([7])
+    ids = unpack_id_array(packed)
+    assert ids.typecode == "I" and list(ids) == list(unpack_ids(packed)) == [5, 6, MAX_ROW_ID, 7]
+    assert list(unpack_id_array(b"")) == []
 
 
 def test_pack_ids_of_an_id_beyond_32_bits_raises_overflow_error_naming_the_limit() -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import Phase, settings
@@ -107,16 +107,22 @@ class BloomReachSet:
     def __len__(self) -> int:
         return self.count
 
-    def add_new(self, row_ids: Iterable[int]) -> list[int]:
+    def add_new(self, row_ids: Iterable[int], *, unless_in: Any = None) -> list[int]:
         new = []
         for row_id in sorted(set(row_ids)):
+            if unless_in is not None and row_id in unless_in:
+                continue
             if row_id not in self:  # a false positive: skipped, and its subtree with it
                 self.add(row_id)
                 new.append(row_id)
         return new
 
-    def absent(self, row_ids: Iterable[int]) -> list[int]:
-        return [row_id for row_id in sorted(set(row_ids)) if row_id not in self]
+    def absent(self, row_ids: Iterable[int], *, unless_in: Any = None) -> list[int]:
+        return [
+            row_id
+            for row_id in sorted(set(row_ids))
+            if row_id not in self and (unless_in is None or row_id not in unless_in)
+        ]
 
     def serialize(self) -> bytes:
         return self.HEADER.pack(self.bits, self.hashes, self.count) + bytes(self.array)

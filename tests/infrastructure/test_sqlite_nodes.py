@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from array import array
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -14,7 +17,7 @@ from pyroaring import BitMap
 from domain.errors import LockNotHeldError, ReachSetCorruptError
 from domain.ports import DeletedNodes, JournalEntry, bytes_freed, hashes_of, row_ids_of
 from infrastructure import smt
-from infrastructure.sqlite_nodes import FileReachStore, SqliteNodeStore
+from infrastructure.sqlite_nodes import FileReachStore, RoaringReach, SqliteNodeStore
 from infrastructure.state_store import SqliteStateStore
 from infrastructure.workload import WorkloadWriter
 from tests.fakes import stored_hashes
@@ -363,6 +366,28 @@ def saved_reach(reach_store: FileReachStore) -> tuple[set[int], str, Path]:
     reach.add_new(row_ids)
     digest = reach_store.save(4, reach)
     return row_ids, digest, reach_store.path(4, digest)
+
+
+class ListedIds(list[int]):
+    """A ReachSet that is no bitmap: `unless_in` must work with any."""
+
+    def absent(self, row_ids: Iterable[int], *, unless_in: object = None) -> list[int]:
+        return sorted(set(row_ids) - set(self))
+
+
+@pytest.mark.parametrize("other", [RoaringReach([3, 9]), ListedIds([3, 9])])
+def test_a_reach_set_adds_and_reports_only_ids_in_neither_set_once_each_ascending(
+    other: Any,
+) -> None:
+    reach = RoaringReach([1, 2])
+    ids = array("I", [9, 5, 2, 3, 5, 7, 1])
+
+    assert reach.absent(ids, unless_in=other) == [5, 7]
+    assert reach.absent(ids) == [3, 5, 7, 9]
+    assert list(reach) == [1, 2]
+    assert reach.add_new(ids, unless_in=other) == [5, 7]
+    assert list(reach) == [1, 2, 5, 7]
+    assert reach.add_new([7, 8]) == [8]
 
 
 def test_a_reach_set_round_trips_through_its_file(reach_store: FileReachStore) -> None:
