@@ -284,25 +284,28 @@ class SqliteNodeStore:
     def _consume_stale(self, entries: list[StaleEntry]) -> None:
         """Deletes the stale rows of a batch. A batch from `stale_entries` is a prefix of the
         table in key order: one range delete (measured ~20 s less over 1M rows than a
-        DELETE per row), once a count in the same write transaction shows the range still
-        holds exactly the batch. No writer adds a row inside the range (its orders are above
-        every existing root) and only the fenced lock holder removes any, so a range holding
-        as many rows as the batch holds the batch (and a stale row is only a candidate: one
-        dropped wrongly could leave garbage, never lose a node). Otherwise row by row.
-        The entries are distinct, as the port requires: no set of a batch is built to check."""
+        DELETE per row), kept if it deleted exactly as many rows as the batch has. No writer
+        adds a row inside the range (its orders are above every existing root) and only the
+        fenced lock holder removes any, so a range holding as many rows as the batch (whose
+        entries are distinct, as the port requires) holds the batch; and a stale row is only
+        a candidate: one dropped wrongly could leave garbage, never lose a node. Otherwise
+        the range delete is rolled back to its savepoint and the batch goes row by row.
+        (Counting the range first instead cost ~0.2 s per million entries.)"""
         if not entries:
             return
         c = self.conn
         # Keys are unique per row, so the row id never decides a comparison.
         (first, first_hash, *_), (last, last_hash, *_) = min(entries), max(entries)
         where = "WHERE (stale_order, hash) >= (?, ?) AND (stale_order, hash) <= (?, ?)"
-        bounds = (first, first_hash, last, last_hash)
-        (in_range,) = c.execute(f"SELECT COUNT(*) FROM stale {where}", bounds).fetchone()
-        if in_range == len(entries):
-            c.execute(f"DELETE FROM stale {where}", bounds)
-        else:
+        c.execute("SAVEPOINT consume_stale")
+        removed = c.execute(
+            f"DELETE FROM stale {where}", (first, first_hash, last, last_hash)
+        ).rowcount
+        if removed != len(entries):
+            c.execute("ROLLBACK TO consume_stale")
             keys = [(order, h) for order, h, *_ in entries]
             c.executemany("DELETE FROM stale WHERE stale_order = ? AND hash = ?", keys)
+        c.execute("RELEASE consume_stale")
 
     def stale_entries(self, up_to_order: int, limit: int) -> list[StaleEntry]:
         rows: list[StaleEntry] = self.conn.execute(  # NULL: an entry from before the columns
