@@ -25,7 +25,7 @@ that does the same work with no bookkeeping. Prints ONE JSON object.
    both for the persisted bitmap and for the bitmap as BuildReach grows it (no run containers).
    tracemalloc is not meaningful: CRoaring allocates with malloc, outside Python's allocator.
 
-Repeats: each phase runs `--repeat` pairs (default 3), ours and then its baseline, each pair on
+Repeats: each phase runs `--repeat` pairs (default 5), ours and then its baseline, each pair on
 fresh copies. This machine's disk is shared, and a single pair's ratio swung by up to 15 % with
 the load of the moment. A phase's record is its median pair's (by ratio), and `repeats` lists
 every pair with the medians of our rate, the baseline's rate and the pairs' ratios; the target
@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repeat",
         type=int,
-        default=3,
+        default=5,
         help="pairs (ours, then its baseline) per phase; figures are the medians",
     )
     args = parser.parse_args(argv)
