@@ -248,7 +248,7 @@ class NodeStorePort(Protocol):
         journal: JournalEntry,
     ) -> Sequence[tuple[bytes, int]]:
         """One transaction: guarded delete of `row_ids`, journal, and consume `entries`
-        (distinct entries, as `stale_entries` returns them)."""
+        (distinct entries in key order, as `stale_entries` returns them)."""
         ...
 
     def unlogged_journal(self) -> list[JournalEntry]: ...

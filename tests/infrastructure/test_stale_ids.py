@@ -176,7 +176,12 @@ def test_a_sweep_of_entries_with_recorded_rows_deletes_and_reports_what_reading_
             deleted = nodes.sweep_stale(
                 entries, ids, max_order, JournalEntry("k", 1, 1, "x", 1, [])
             )
-            reports.append((sorted(deleted), sorted(row_ids_of(deleted)), nodes.unlogged_journal()))
+            # The same rows, each with its own hash, size and row id (in any order).
+            journaled = [
+                (e.batch_key, sorted(zip(e.deleted, e.row_ids, strict=True)))
+                for e in nodes.unlogged_journal()
+            ]
+            reports.append((sorted(zip(deleted, row_ids_of(deleted), strict=True)), journaled))
         finally:
             nodes.close()
     assert reports[0] == reports[1] and reports[0][0]
