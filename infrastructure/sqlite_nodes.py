@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from operator import itemgetter
 from pathlib import Path
 
 import msgpack
 
-from domain.errors import LockNotHeldError
-from domain.ports import MISSING_ROW, DeletedNodes, Expansion, JournalEntry, StaleEntry
+from domain.ports import MISSING_ROW, Expansion, JournalEntry, StaleEntry
 from infrastructure import smt
+from infrastructure.delete_txn import _CHUNK, DeleteTransactions, journaled_nodes
 from infrastructure.node_index import HashIndex
 from infrastructure.node_kids import add_kids_column, ids_by_hash, unpack_id_array, unpack_ids
 from infrastructure.pruner_schema import PRUNER_PRAGMAS, ensure_journal, tune_connection
@@ -29,34 +28,8 @@ __all__ = [
     "tune_connection",
 ]
 
-# Ids or hashes per statement: one FETCH_BATCH (512) in one lookup; with the guarded DELETE's
-# extra parameter it stays within the 999 bound parameters of SQLite before 3.32.
-_CHUNK = 998
 
-
-class _RowsGoneBefore(Exception):
-    """A chunk deleted from known rows had rows that were gone before its DELETE."""
-
-
-def _known_rows(stale: list[StaleEntry], row_ids: set[int]) -> dict[int, StaleEntry]:
-    """Row id -> its stale entry, in entry order, for those of `row_ids` whose entries recorded
-    the row and its size (MISSING_ROW entries record neither). A row stale at two orders has
-    two equal entries (a row never changes hash or size)."""
-    return {e[2]: e for e in stale if e[2] in row_ids and e[3]}
-
-
-def journaled_nodes(blob: bytes) -> DeletedNodes:
-    """A journal row's `deleted`: msgpack columns {"h": hashes, "n": sizes}, or (hash, size)
-    pairs as journals written before the columns hold them."""
-    packed = msgpack.unpackb(blob)
-    if isinstance(packed, dict):
-        return DeletedNodes.of_columns(
-            [bytes(h) for h in packed["h"]], [int(n) for n in packed["n"]]
-        )
-    return DeletedNodes((bytes(h), int(n)) for h, n in packed)
-
-
-class SqliteNodeStore:
+class SqliteNodeStore(DeleteTransactions):
     """Implements NodeStorePort on its own connection to the state store file."""
 
     def __init__(self, path: Path | str) -> None:
@@ -148,177 +121,6 @@ class SqliteNodeStore:
         journal: JournalEntry,
     ) -> Sequence[tuple[bytes, int]]:
         return self._delete(row_ids, max_order, journal, entries, [])
-
-    def _delete(
-        self,
-        row_ids: list[int],
-        max_order: int,
-        journal: JournalEntry,
-        stale: list[StaleEntry],
-        swept: list[int],
-        *,
-        trust_known: bool = True,
-    ) -> DeletedNodes:
-        c = self.conn
-        hashes: list[bytes] = []
-        sizes: list[int] = []
-        deleted_ids: list[int] = []
-        row_ids = sorted(row_ids)  # one transaction: order is free, and neighbours share pages
-        # What stale entries recorded of their rows: a row never changes hash (or size), so
-        # a chunk of such rows is deleted without reading them (`_delete_known`).
-        todo = set(row_ids)
-        known = _known_rows(stale, todo) if trust_known and stale else {}
-        all_known = bool(known) and len(known) == len(todo)
-        kept: list[int] = []  # by the guard, in chunks deleted from what their entries say
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            self._check_fence(journal)
-            for i in range(0, len(row_ids), _CHUNK):
-                chunk = row_ids[i : i + _CHUNK]
-                # The guard: a writer that stamped the hash after the snapshot wins.
-                where = f"id IN ({','.join('?' * len(chunk))}) AND written_order <= ?"
-                params = [*chunk, max_order]
-                if all_known:  # audited at the end from `known`, in entry order
-                    ids = self._delete_known(c, chunk, where, params)
-                    if len(ids) < len(chunk):
-                        kept += set(chunk).difference(ids)
-                    continue
-                if known and all(map(known.__contains__, chunk)):
-                    ids = self._delete_known(c, chunk, where, params)
-                    entries = list(map(known.__getitem__, ids))
-                    hashes.extend(map(itemgetter(1), entries))
-                    sizes.extend(map(itemgetter(3), entries))
-                    deleted_ids.extend(ids)
-                    continue
-                # What the guarded DELETE will remove, read first inside the same write
-                # transaction (no writer can commit in between): measurably cheaper than
-                # DELETE ... RETURNING, which costs ~8 us more CPU per row.
-                # ORDER BY id costs no sort (the IN list is walked in rowid order) and pairs
-                # each row with its id: when every id is there and passes the guard, the
-                # ids are the chunk itself.
-                rows = c.execute(
-                    f"SELECT hash, length(hash) + length(data) FROM nodes WHERE {where} "
-                    "ORDER BY id",
-                    params,
-                ).fetchall()
-                if len(rows) == len(chunk):
-                    ids = chunk
-                else:
-                    sql = f"SELECT id FROM nodes WHERE {where} ORDER BY id"
-                    ids = [i for (i,) in c.execute(sql, params)]
-                removed = c.execute(f"DELETE FROM nodes WHERE {where}", params).rowcount
-                if removed != len(rows):  # rolls the transaction back
-                    raise sqlite3.DatabaseError(
-                        f"guarded delete removed {removed} rows, expected {len(rows)}"
-                    )
-                hashes.extend(map(itemgetter(0), rows))
-                sizes.extend(map(itemgetter(1), rows))
-                deleted_ids.extend(ids)
-            if all_known:
-                for row_id in kept:
-                    del known[row_id]
-                entries = list(known.values())
-                hashes, sizes = list(map(itemgetter(1), entries)), list(map(itemgetter(3), entries))
-                deleted_ids = list(known)
-            self._consume_stale(stale)
-            c.executemany("UPDATE roots SET swept = 1 WHERE tx_order = ?", [(o,) for o in swept])
-            if hashes:
-                c.execute(
-                    "INSERT INTO sweep_journal(batch_key, cycle_no, snapshot_id, phase, "
-                    "batch_no, deleted, row_ids, event_rows) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        journal.batch_key,
-                        journal.cycle_no,
-                        journal.snapshot_id,
-                        journal.phase,
-                        journal.batch_no,
-                        # Columns, not pairs: packing a million 2-tuples cost ~0.4 s more.
-                        msgpack.packb({"h": hashes, "n": sizes}, use_bin_type=True),
-                        msgpack.packb(deleted_ids),
-                        journal.event_rows,
-                    ),
-                )
-            c.execute("COMMIT")
-        except _RowsGoneBefore:
-            c.execute("ROLLBACK")  # nothing of it stays: the whole transaction again, reading
-            return self._delete(row_ids, max_order, journal, stale, swept, trust_known=False)
-        except BaseException:
-            if c.in_transaction:  # SQLite may have rolled back already (IOERR, FULL)
-                c.execute("ROLLBACK")
-            raise
-        return DeletedNodes.of_columns(hashes, sizes, deleted_ids)
-
-    @staticmethod
-    def _delete_known(
-        c: sqlite3.Connection, chunk: list[int], where: str, params: list[int]
-    ) -> list[int]:
-        """Deletes `chunk`, whose rows the stale entries describe, without reading them, and
-        returns the ids it deleted. When the guarded DELETE removes fewer rows than the chunk
-        has, the rows still there are the ones the guard kept (inside the write transaction
-        nothing else changes them), unless some were gone already: then which of the missing
-        ones this DELETE removed is unknown, and `_RowsGoneBefore` sends the whole transaction
-        back to be redone by reading the rows. (Counting the passing rows first instead cost
-        ~1 s per million rows deleted.)"""
-        removed = c.execute(f"DELETE FROM nodes WHERE {where}", params).rowcount
-        if removed == len(chunk):
-            return chunk
-        sql = f"SELECT id FROM nodes WHERE id IN ({','.join('?' * len(chunk))})"
-        kept = {i for (i,) in c.execute(sql, chunk)}
-        if removed + len(kept) != len(chunk):
-            raise _RowsGoneBefore
-        return [i for i in chunk if i not in kept]
-
-    def _check_fence(self, journal: JournalEntry) -> None:
-        """Inside the delete transaction: refuses a holder whose lock a newer holding has
-        superseded (its token is lower, or equal but another owner's), else records this one."""
-        if not journal.fence_token:
-            return
-        row = self.conn.execute(
-            "SELECT token, owner FROM prune_fence WHERE grp = ?", (journal.group,)
-        ).fetchone()
-        if row is not None and (
-            row[0] > journal.fence_token
-            or (row[0] == journal.fence_token and row[1] != journal.owner)
-        ):
-            raise LockNotHeldError(
-                f"{journal.owner}'s lock of group {journal.group!r} (fencing token "
-                f"{journal.fence_token}) was superseded by {row[1]} (token {row[0]}); "
-                "nothing deleted"
-            )
-        self.conn.execute(
-            "INSERT INTO prune_fence(grp, token, owner) VALUES (?, ?, ?) ON CONFLICT(grp) "
-            "DO UPDATE SET token = excluded.token, owner = excluded.owner",
-            (journal.group, journal.fence_token, journal.owner),
-        )
-
-    def _consume_stale(self, entries: list[StaleEntry]) -> None:
-        """Deletes the stale rows of a batch. A batch from `stale_entries` is a prefix of the
-        table in key order: one range delete (measured ~20 s less over 1M rows than a
-        DELETE per row), kept if it deleted exactly as many rows as the batch has. No writer
-        adds a row inside the range (its orders are above every existing root) and only the
-        fenced lock holder removes any, so a range holding as many rows as the batch (whose
-        entries are distinct and in key order, as the port requires) holds the batch; and a
-        stale row is only a candidate: one dropped wrongly could leave garbage, never lose a
-        node. Otherwise the range delete is rolled back to its savepoint and the batch goes
-        row by row.
-        (Counting the range first instead cost ~0.2 s per million entries.)"""
-        if not entries:
-            return
-        c = self.conn
-        # Entries come in key order, as the port requires, so the first and the last bound
-        # them (out of order, the range misses some: the count below differs, or at worst
-        # the range drops other candidates, which leaves garbage and never loses a node).
-        (first, first_hash, *_), (last, last_hash, *_) = entries[0], entries[-1]
-        where = "WHERE (stale_order, hash) >= (?, ?) AND (stale_order, hash) <= (?, ?)"
-        c.execute("SAVEPOINT consume_stale")
-        removed = c.execute(
-            f"DELETE FROM stale {where}", (first, first_hash, last, last_hash)
-        ).rowcount
-        if removed != len(entries):
-            c.execute("ROLLBACK TO consume_stale")
-            keys = [(order, h) for order, h, *_ in entries]
-            c.executemany("DELETE FROM stale WHERE stale_order = ? AND hash = ?", keys)
-        c.execute("RELEASE consume_stale")
 
     def stale_entries(self, up_to_order: int, limit: int) -> list[StaleEntry]:
         rows: list[StaleEntry] = self.conn.execute(  # NULL: an entry from before the columns
