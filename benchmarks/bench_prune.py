@@ -65,6 +65,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -73,11 +74,11 @@ from pyroaring import BitMap
 
 from domain.config import PruneConfig
 from domain.pruning import FETCH_BATCH
+from infrastructure.delete_txn import _CHUNK as SQL_CHUNK
 from infrastructure.eventlog import STATE_FILE
 from infrastructure.node_index import HashIndex
 from infrastructure.node_kids import LOOKUP_CHUNK, unpack_id_array
 from infrastructure.runtime import Runtime, Settings
-from infrastructure.sqlite_nodes import _CHUNK as SQL_CHUNK
 from infrastructure.sqlite_nodes import PRUNER_PRAGMAS, tune_connection
 from infrastructure.state_store import SqliteStateStore
 from infrastructure.workload import WorkloadWriter
@@ -548,8 +549,6 @@ def repeated(
     and one pair's ratio swung by up to 15 % with its load. The record is the median pair's (by
     ratio; each pair shares its moment, so its ratio is the one that means something), with
     every pair's figures and the medians under `repeats`; the verdicts use the medians."""
-    if times < 1:
-        raise SystemExit(f"--repeat must be at least 1, not {times}")
     runs = []
     for _ in range(times):
         runs.append(run())
@@ -646,6 +645,8 @@ def main(argv: list[str] | None = None) -> None:
         help="pairs (ours, then its baseline) per phase; figures are the medians",
     )
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, not {args.repeat}")
     args.cache_dir = args.cache_dir.absolute()
     started = time.perf_counter()
     log(f"store of >= {args.nodes:,} nodes in {args.cache_dir} (built once, then reused)")
@@ -674,38 +675,22 @@ def main(argv: list[str] | None = None) -> None:
             out["build_reach"] = repeated(
                 lambda: bench_build_reach(src, work, facts), args.repeat, "nodes_per_s", work
             )
-        sweep = PruneConfig(
-            protection_orders=protection,
-            delete_batch_size=args.delete_batch,
-            batches_per_commit=args.batches_per_commit,
-            enable_incremental_sweep=False,
-        )
-        if "expired" in only:
-            log("SweepExpired and its baseline DELETEs")
-            out["sweep_expired"] = repeated(
-                lambda: bench_sweep(
-                    src, work, "sweep_expired", sweep, "SweepExpired", all_swept=False
-                ),
-                args.repeat,
-                "deleted_per_s",
-                work,
-            )
-        if "incremental" in only:
-            log("IncrementalSweep and its baseline DELETEs")
-            incremental = PruneConfig(
+        # IncrementalSweep on a copy whose roots are all marked swept: see the docstring.
+        for key, name, phase, incremental in (
+            ("expired", "sweep_expired", "SweepExpired", False),
+            ("incremental", "incremental_sweep", "IncrementalSweep", True),
+        ):
+            if key not in only:
+                continue
+            log(f"{phase} and its baseline DELETEs")
+            prune = PruneConfig(
                 protection_orders=protection,
                 delete_batch_size=args.delete_batch,
                 batches_per_commit=args.batches_per_commit,
-                enable_incremental_sweep=True,
+                enable_incremental_sweep=incremental,
             )
-            out["incremental_sweep"] = repeated(
-                lambda: bench_sweep(
-                    src, work, "incremental_sweep", incremental, "IncrementalSweep", all_swept=True
-                ),
-                args.repeat,
-                "deleted_per_s",
-                work,
-            )
+            run = partial(bench_sweep, src, work, name, prune, phase, all_swept=incremental)
+            out[name] = repeated(run, args.repeat, "deleted_per_s", work)
     if only == {"reach", "expired", "incremental"}:
         out["targets"] = verdicts(out)
     out["total_s_excluding_store_build"] = round(
