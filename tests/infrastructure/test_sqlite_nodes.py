@@ -249,6 +249,22 @@ def test_sweep_stale_given_entries_with_gaps_consumes_only_those_entries(
     assert nodes.stale_entries(10**9, 1_000) == everything[1::2]
 
 
+def test_sweep_stale_given_entries_out_of_key_order_still_consumes_exactly_those_entries(
+    store: SqliteStateStore, nodes: SqliteNodeStore
+) -> None:
+    store.commit_tx({b"genesis": b"g"}, chain_timestamp=0)
+    for i in range(1, 8):
+        store.commit_tx({b"k": b"v%d" % i, b"j": b"w%d" % i}, chain_timestamp=i)
+    everything = nodes.stale_entries(10**9, 1_000)
+    batch = everything[: len(everything) // 2]
+
+    # Reversed, the first and last entries bound an empty range: the range DELETE removes
+    # nothing, its count differs, and the batch goes row by row.
+    nodes.sweep_stale(batch[::-1], [], 0, entry())
+
+    assert nodes.stale_entries(10**9, 1_000) == everything[len(everything) // 2 :]
+
+
 def test_stale_entries_come_oldest_first_and_stop_at_the_limit_and_the_order(
     store: SqliteStateStore, nodes: SqliteNodeStore
 ) -> None:
