@@ -234,35 +234,34 @@ def test_sweep_stale_consumes_every_entry_it_is_given_and_no_other(
     assert {h for h, _ in deleted} == {h for _, h, *_ in entries if h != kept_hash and h in rows}
 
 
-def test_sweep_stale_given_entries_with_gaps_consumes_only_those_entries(
-    store: SqliteStateStore, nodes: SqliteNodeStore
+@pytest.mark.parametrize(
+    "order",
+    [
+        # Not a prefix: a range delete would take the ones between.
+        "with gaps",
+        # Reversed, the first and last entries bound an empty range.
+        "out of key order",
+    ],
+)
+def test_sweep_stale_given_entries_that_are_no_sorted_prefix_consumes_exactly_those_entries(
+    store: SqliteStateStore, nodes: SqliteNodeStore, order: str
 ) -> None:
     store.commit_tx({b"genesis": b"g"}, chain_timestamp=0)
     for i in range(1, 8):
         store.commit_tx({b"k": b"v%d" % i, b"j": b"w%d" % i}, chain_timestamp=i)
     everything = nodes.stale_entries(10**9, 1_000)
     assert len(everything) >= 6
-    chosen = everything[::2]  # not a prefix: a range delete would take the ones between
+    half = len(everything) // 2
+    batch, left = (
+        (everything[::2], everything[1::2])
+        if order == "with gaps"
+        else (everything[:half][::-1], everything[half:])
+    )
 
-    nodes.sweep_stale(chosen, [], 0, entry())
+    # The range DELETE's count differs from the batch's, so the batch goes row by row.
+    nodes.sweep_stale(batch, [], 0, entry())
 
-    assert nodes.stale_entries(10**9, 1_000) == everything[1::2]
-
-
-def test_sweep_stale_given_entries_out_of_key_order_still_consumes_exactly_those_entries(
-    store: SqliteStateStore, nodes: SqliteNodeStore
-) -> None:
-    store.commit_tx({b"genesis": b"g"}, chain_timestamp=0)
-    for i in range(1, 8):
-        store.commit_tx({b"k": b"v%d" % i, b"j": b"w%d" % i}, chain_timestamp=i)
-    everything = nodes.stale_entries(10**9, 1_000)
-    batch = everything[: len(everything) // 2]
-
-    # Reversed, the first and last entries bound an empty range: the range DELETE removes
-    # nothing, its count differs, and the batch goes row by row.
-    nodes.sweep_stale(batch[::-1], [], 0, entry())
-
-    assert nodes.stale_entries(10**9, 1_000) == everything[len(everything) // 2 :]
+    assert nodes.stale_entries(10**9, 1_000) == left
 
 
 def test_stale_entries_come_oldest_first_and_stop_at_the_limit_and_the_order(
