@@ -64,7 +64,7 @@ class DeleteTransactions:
         todo = set(row_ids)
         known = _known_rows(stale, todo) if trust_known and stale else {}
         all_known = bool(known) and len(known) == len(todo)
-        kept: list[int] = []  # by the guard, in chunks deleted from what their entries say
+        kept: set[int] = set()  # by the guard, in chunks deleted from what their entries say
         c.execute("BEGIN IMMEDIATE")
         try:
             self._check_fence(journal)
@@ -73,18 +73,15 @@ class DeleteTransactions:
                 # The guard: a writer that stamped the hash after the snapshot wins.
                 where = f"id IN ({','.join('?' * len(chunk))}) AND written_order <= ?"
                 params = [*chunk, max_order]
-                if all_known:  # audited at the end from `known`, in entry order
+                if all_known or (known and all(map(known.__contains__, chunk))):
+                    # Audited at the end from `known`, in entry order.
                     ids = self._delete_known(c, chunk, where, params)
                     if len(ids) < len(chunk):
-                        kept += set(chunk).difference(ids)
+                        kept.update(chunk)
+                        kept.difference_update(ids)
                     continue
-                if known and all(map(known.__contains__, chunk)):
-                    ids = self._delete_known(c, chunk, where, params)
-                    entries = list(map(known.__getitem__, ids))
-                    hashes.extend(map(itemgetter(1), entries))
-                    sizes.extend(map(itemgetter(3), entries))
-                    deleted_ids.extend(ids)
-                    continue
+                for row_id in chunk:  # audited from the rows read below
+                    known.pop(row_id, None)
                 # What the guarded DELETE will remove, read first inside the same write
                 # transaction (no writer can commit in between): measurably cheaper than
                 # DELETE ... RETURNING, which costs ~8 us more CPU per row.
@@ -109,12 +106,12 @@ class DeleteTransactions:
                 hashes.extend(map(itemgetter(0), rows))
                 sizes.extend(map(itemgetter(1), rows))
                 deleted_ids.extend(ids)
-            if all_known:
-                for row_id in kept:
-                    del known[row_id]
-                entries = list(known.values())
-                hashes, sizes = list(map(itemgetter(1), entries)), list(map(itemgetter(3), entries))
-                deleted_ids = list(known)
+            for row_id in kept:
+                del known[row_id]
+            entries = list(known.values())
+            hashes += map(itemgetter(1), entries)
+            sizes += map(itemgetter(3), entries)
+            deleted_ids += known
             self._consume_stale(stale)
             c.executemany("UPDATE roots SET swept = 1 WHERE tx_order = ?", [(o,) for o in swept])
             if hashes:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domain.ports import MISSING_ROW, JournalEntry, row_ids_of
+from infrastructure import delete_txn
 from infrastructure.sqlite_nodes import SqliteNodeStore
 from infrastructure.stale_ids import backfill_stale_ids
 from infrastructure.state_store import SqliteStateStore, TxSpec
@@ -144,10 +145,13 @@ def test_backfill_works_through_more_entries_than_one_batch(tmp_path: Path) -> N
         # Which of the missing rows the DELETE removed is unknown: the transaction is redone
         # by reading the rows (no chunk completes without reading them).
         ("some rows were gone before", []),
+        # Chunks of 4 rows, every other one with a row whose entry recorded no size: those
+        # chunks are read, the others are not, and one transaction audits both kinds.
+        ("every other chunk of 4 has an entry without its size", None),
     ],
 )
 def test_a_sweep_of_entries_with_recorded_rows_deletes_and_reports_what_reading_them_would(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, read_free_chunks: list[bool]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, read_free_chunks: list[bool] | None
 ) -> None:
     fast = []  # chunks deleted from what the entries recorded, without reading the rows
     read_free = SqliteNodeStore._delete_known
@@ -158,6 +162,9 @@ def test_a_sweep_of_entries_with_recorded_rows_deletes_and_reports_what_reading_
         return done
 
     monkeypatch.setattr(SqliteNodeStore, "_delete_known", staticmethod(counted))
+    mixed = "every other chunk" in case
+    if mixed:
+        monkeypatch.setattr(delete_txn, "_CHUNK", 4)
     reports = []
     for known in (True, False):
         path = tmp_path / f"{known}.sqlite"
@@ -168,9 +175,13 @@ def test_a_sweep_of_entries_with_recorded_rows_deletes_and_reports_what_reading_
         nodes = SqliteNodeStore(path)
         try:
             entries = nodes.stale_entries(latest, 10**6)
+            ids = sorted({row_id for _, _, row_id, _ in entries})
             if not known:  # as from an older store: the rows get read
                 entries = [(o, h, row_id, 0) for o, h, row_id, _ in entries]
-            ids = sorted({row_id for _, _, row_id, _ in entries})
+            elif mixed:
+                unsized = set(ids[4::8])  # the first row of every other chunk
+                entries = [(o, h, i, 0 if i in unsized else n) for o, h, i, n in entries]
+                read_free_chunks = [True] * ((len(ids) + 7) // 8)
             if "gone" in case:
                 nodes.conn.executemany("DELETE FROM nodes WHERE id = ?", [(i,) for i in ids[::7]])
             deleted = nodes.sweep_stale(
@@ -185,4 +196,4 @@ def test_a_sweep_of_entries_with_recorded_rows_deletes_and_reports_what_reading_
         finally:
             nodes.close()
     assert reports[0] == reports[1] and reports[0][0]
-    assert fast == read_free_chunks  # one chunk; never tried without sizes
+    assert fast == read_free_chunks  # never tried without sizes
