@@ -26,10 +26,10 @@ that does the same work with no bookkeeping. Prints ONE JSON object.
    tracemalloc is not meaningful: CRoaring allocates with malloc, outside Python's allocator.
 
 Repeats: each phase runs `--repeat` pairs (default 5), ours and then its baseline, each pair on
-fresh copies. This machine's disk is shared, and a single pair's ratio swung by up to 15 % with
-the load of the moment. A phase's record is its median pair's (by ratio), and `repeats` lists
-every pair with the medians of our rate, the baseline's rate and the pairs' ratios; the target
-verdicts use those medians.
+fresh copies. This machine's disk is shared, and within one run single pairs' ratios ranged
+from 0.58 to 1.10 with the load of the moment. A phase's record is its median pair's (by
+ratio), and `repeats` lists every pair with the medians of our rate, the baseline's rate and
+the pairs' ratios; the target verdicts use those medians.
 `max_transaction_s` is the longest delete transaction: how long a writer may wait for the
 pruner (`batches_per_commit` trades it against throughput).
 
@@ -546,9 +546,10 @@ def repeated(
     run: Callable[[], dict[str, Any]], times: int, rate_key: str, work: Path
 ) -> dict[str, Any]:
     """`times` pairs, each ours and then its baseline on fresh copies. The disk here is shared,
-    and one pair's ratio swung by up to 15 % with its load. The record is the median pair's (by
-    ratio; each pair shares its moment, so its ratio is the one that means something), with
-    every pair's figures and the medians under `repeats`; the verdicts use the medians."""
+    and single pairs' ratios ranged from 0.58 to 1.10 within one run. The record is the median
+    pair's (by ratio; each pair shares its moment, so its ratio is the one that means
+    something), with every pair's figures and the medians under `repeats`; the verdicts use
+    the medians."""
     runs = []
     for _ in range(times):
         runs.append(run())
