@@ -91,6 +91,11 @@ class ReachSetCorruptError(SnapshotError):
     """The persisted reach set is missing, truncated or does not match its digest."""
 
 
+class CorruptJournalError(PrunelogError):
+    """A sweep journal row (a deleted batch whose NodesSwept events are not logged yet) cannot
+    be read: the pruner stops rather than delete more without that batch's audit."""
+
+
 class MissingNodeError(PrunelogError):
     """A node that a retained root reaches is not in the store: the invariant is broken."""
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgpack
 
+from domain.errors import CorruptJournalError
 from domain.ports import MISSING_ROW, Expansion, JournalEntry, StaleEntry
 from infrastructure import smt
 from infrastructure.delete_txn import _CHUNK, DeleteTransactions, journaled_nodes
@@ -137,19 +138,22 @@ class SqliteNodeStore(DeleteTransactions):
             "SELECT batch_key, cycle_no, snapshot_id, phase, batch_no, deleted, row_ids, "
             "event_rows FROM sweep_journal WHERE logged = 0 ORDER BY rowid"
         ).fetchall()
-        return [
-            JournalEntry(
-                k,
-                int(c),
-                int(s),
-                str(p),
-                int(b),
-                journaled_nodes(d),
-                [] if ids is None else [int(i) for i in msgpack.unpackb(ids)],
-                event_rows=int(n),
+        entries = []
+        for k, c, s, p, b, d, ids, n in rows:
+            try:
+                deleted = journaled_nodes(d)
+                row_ids = [] if ids is None else [int(i) for i in msgpack.unpackb(ids)]
+            except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+                raise CorruptJournalError(
+                    f"sweep journal row {k!r} of {self.path} cannot be read "
+                    f"({type(exc).__name__}: {exc}); it is "
+                    "left in place: restore the state store from a backup, or remove the row "
+                    "knowing that its batch's deleted nodes will be missing from the audit"
+                ) from None
+            entries.append(
+                JournalEntry(k, int(c), int(s), str(p), int(b), deleted, row_ids, event_rows=int(n))
             )
-            for k, c, s, p, b, d, ids, n in rows
-        ]
+        return entries
 
     def mark_journal_logged(self, batch_key: str) -> None:
         # Logged entries are dropped: the event log now holds the audit.
