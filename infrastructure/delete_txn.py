@@ -5,6 +5,8 @@ swept flags and the journal row, all in one `BEGIN IMMEDIATE` transaction."""
 from __future__ import annotations
 
 import sqlite3
+import sys
+from array import array
 from operator import itemgetter
 
 import msgpack
@@ -38,16 +40,43 @@ def _known_rows(stale: list[StaleEntry], row_ids: set[int]) -> dict[int, StaleEn
     return known
 
 
+# Sizes in a journal row: unsigned 32-bit, little-endian.
+_U32 = next(code for code in "IL" if array(code).itemsize == 4)
+
+
+def _u32_bytes(values: list[int]) -> bytes | None:
+    try:
+        packed = array(_U32, values)
+    except OverflowError:  # a node of 4 GiB or more: kept as a msgpack list instead
+        return None
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _u32_list(raw: bytes) -> list[int]:
+    if len(raw) % 4:
+        raise ValueError(f"journal row holds {len(raw)} bytes of sizes, not a multiple of 4")
+    values = array(_U32)
+    values.frombytes(raw)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()
+
+
 def journal_blob(hashes: list[bytes], sizes: list[int]) -> bytes:
-    """A journal row's `deleted`: {"H": the hashes joined, "w": their width, "n": sizes}, or
-    {"h": hashes, "n": sizes} when their widths differ. Joined, a million hashes pack ~0.1 s
-    faster than as a msgpack list."""
+    """A journal row's `deleted`: {"H": the hashes joined, "w": their width, "N": the sizes as
+    little-endian uint32}, or {"h": hashes, "n": sizes} as msgpack lists when the hashes'
+    widths differ (or a size does not fit). Joined and as bytes, a million of each pack
+    ~0.15 s faster than as msgpack lists."""
     widths = set(map(len, hashes))
-    if len(widths) == 1:
+    raw_sizes = _u32_bytes(sizes) if len(widths) == 1 else None
+    if raw_sizes is not None:
         (width,) = widths
-        packed = {"H": b"".join(hashes), "w": width, "n": sizes}
-        return msgpack.packb(packed, use_bin_type=True)  # type: ignore[no-any-return]
-    return msgpack.packb({"h": hashes, "n": sizes}, use_bin_type=True)  # type: ignore[no-any-return]
+        packed: dict[str, object] = {"H": b"".join(hashes), "w": width, "N": raw_sizes}
+    else:
+        packed = {"h": hashes, "n": sizes}
+    return msgpack.packb(packed, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def journaled_nodes(blob: bytes) -> DeletedNodes:
@@ -58,14 +87,14 @@ def journaled_nodes(blob: bytes) -> DeletedNodes:
     except Exception as exc:
         raise ValueError(f"journal row is not msgpack: {type(exc).__name__}: {exc}") from None
     if isinstance(packed, dict) and "H" in packed:
-        joined, width, sizes = packed["H"], packed["w"], packed["n"]
+        joined, width, sizes = packed["H"], packed["w"], _u32_list(packed["N"])
         if not isinstance(width, int) or width <= 0 or len(joined) != width * len(sizes):
             raise ValueError(
                 f"journal row holds {len(joined)} bytes of hashes for {len(sizes)} sizes "
                 f"of hashes {width} bytes wide"
             )
         hashes = [joined[i : i + width] for i in range(0, len(joined), width)]
-        return DeletedNodes.of_columns(hashes, [int(n) for n in sizes])
+        return DeletedNodes.of_columns(hashes, sizes)
     if isinstance(packed, dict):
         return DeletedNodes.of_columns(
             [bytes(h) for h in packed["h"]], [int(n) for n in packed["n"]]

@@ -27,6 +27,7 @@ def test_hashes_of_one_width_are_journaled_joined_and_read_back_in_order() -> No
     blob = journal_blob(hashes, sizes)
 
     assert msgpack.unpackb(blob)["w"] == 32
+    assert msgpack.unpackb(blob)["N"] == b"".join(n.to_bytes(4, "little") for n in sizes)
     nodes = journaled_nodes(blob)
     assert (nodes.hashes, nodes.sizes) == (hashes, sizes)
 
@@ -39,6 +40,16 @@ def test_hashes_of_mixed_widths_are_journaled_as_a_list_and_read_back_in_order()
     assert (nodes.hashes, nodes.sizes) == (hashes, [1, 2, 3])
 
 
+def test_a_size_beyond_32_bits_is_journaled_as_a_list_and_read_back() -> None:
+    hashes, sizes = [b"a" * 32, b"b" * 32], [70, 2**32 + 5]
+
+    blob = journal_blob(hashes, sizes)
+
+    assert "n" in msgpack.unpackb(blob)
+    nodes = journaled_nodes(blob)
+    assert (nodes.hashes, nodes.sizes) == (hashes, sizes)
+
+
 def test_an_empty_batch_is_journaled_and_read_back_empty() -> None:
     assert list(journaled_nodes(journal_blob([], []))) == []
 
@@ -47,12 +58,20 @@ def test_an_empty_batch_is_journaled_and_read_back_empty() -> None:
     "deleted",
     [
         b"\xc1not msgpack",
-        msgpack.packb({"H": b"x" * 33, "w": 32, "n": [1]}),  # truncated hash bytes
-        msgpack.packb({"H": b"x" * 32, "w": 0, "n": []}),  # no width
+        msgpack.packb({"H": b"x" * 33, "w": 32, "N": b"\x01\0\0\0"}),  # hash bytes cut
+        msgpack.packb({"H": b"x" * 32, "w": 0, "N": b""}),  # no width
+        msgpack.packb({"H": b"x" * 32, "w": 32, "N": b"\x01\0\0"}),  # size bytes cut
         msgpack.packb("a string"),
         msgpack.packb({"h": [b"x" * 32]}),  # no sizes
     ],
-    ids=["not-msgpack", "hash-bytes-do-not-match-sizes", "zero-width", "wrong-type", "no-sizes"],
+    ids=[
+        "not-msgpack",
+        "hash-bytes-do-not-match-sizes",
+        "zero-width",
+        "size-bytes-cut",
+        "wrong-type",
+        "no-sizes",
+    ],
 )
 def test_an_unreadable_journal_row_raises_corrupt_journal_and_stays_in_place(
     store: SqliteStateStore, nodes: SqliteNodeStore, deleted: bytes
