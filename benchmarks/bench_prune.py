@@ -367,7 +367,9 @@ def baseline_bfs(path: Path, roots: list[bytes]) -> dict[str, Any]:
 
 def bitmap_memory(reach: BitMap, file_bytes: int, max_id: int) -> dict[str, Any]:
     n = len(reach)
-    grown = BitMap(iter(reach))  # no run containers: the shape the bitmap has while growing
+    # No run containers: the worst shape the bitmap can have while growing. (pyroaring 1.2
+    # run-optimizes a bitmap built from values unless told not to.)
+    grown = BitMap(iter(reach), optimize=False)
     stats = grown.get_statistics()
     return {
         "reach_nodes": n,
