@@ -5,14 +5,11 @@ swept flags and the journal row, all in one `BEGIN IMMEDIATE` transaction."""
 from __future__ import annotations
 
 import sqlite3
-import sys
-from array import array
 from operator import itemgetter
-
-import msgpack
 
 from domain.errors import LockNotHeldError
 from domain.ports import DeletedNodes, JournalEntry, StaleEntry
+from infrastructure.sweep_journal import StaleRange, insert_journal_row, journal_blob
 
 # Ids per statement: with the guarded DELETE's extra parameter it stays within the 999 bound
 # parameters of SQLite before 3.32.
@@ -40,70 +37,6 @@ def _known_rows(stale: list[StaleEntry], row_ids: set[int]) -> dict[int, StaleEn
     return known
 
 
-# Sizes in a journal row: unsigned 32-bit, little-endian.
-_U32 = next(code for code in "IL" if array(code).itemsize == 4)
-
-
-def _u32_bytes(values: list[int]) -> bytes | None:
-    try:
-        packed = array(_U32, values)
-    except OverflowError:  # a node of 4 GiB or more: kept as a msgpack list instead
-        return None
-    if sys.byteorder == "big":
-        packed.byteswap()
-    return packed.tobytes()
-
-
-def _u32_list(raw: bytes) -> list[int]:
-    if len(raw) % 4:
-        raise ValueError(f"journal row holds {len(raw)} bytes of sizes, not a multiple of 4")
-    values = array(_U32)
-    values.frombytes(raw)
-    if sys.byteorder == "big":
-        values.byteswap()
-    return values.tolist()
-
-
-def journal_blob(hashes: list[bytes], sizes: list[int]) -> bytes:
-    """A journal row's `deleted`: {"H": the hashes joined, "w": their width, "N": the sizes as
-    little-endian uint32}, or {"h": hashes, "n": sizes} as msgpack lists when the hashes'
-    widths differ (or a size does not fit). Joined and as bytes, a million of each pack
-    ~0.15 s faster than as msgpack lists."""
-    widths = set(map(len, hashes))
-    raw_sizes = _u32_bytes(sizes) if len(widths) == 1 else None
-    if raw_sizes is not None:
-        (width,) = widths
-        packed: dict[str, object] = {"H": b"".join(hashes), "w": width, "N": raw_sizes}
-    else:
-        packed = {"h": hashes, "n": sizes}
-    return msgpack.packb(packed, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def journaled_nodes(blob: bytes) -> DeletedNodes:
-    """A journal row's `deleted` (`journal_blob`), or (hash, size) pairs as journals written
-    before the columns hold them. Raises ValueError for a row that is none of these."""
-    try:
-        packed = msgpack.unpackb(blob)
-    except Exception as exc:
-        raise ValueError(f"journal row is not msgpack: {type(exc).__name__}: {exc}") from None
-    if isinstance(packed, dict) and "H" in packed:
-        joined, width, sizes = packed["H"], packed["w"], _u32_list(packed["N"])
-        if not isinstance(width, int) or width <= 0 or len(joined) != width * len(sizes):
-            raise ValueError(
-                f"journal row holds {len(joined)} bytes of hashes for {len(sizes)} sizes "
-                f"of hashes {width} bytes wide"
-            )
-        hashes = [joined[i : i + width] for i in range(0, len(joined), width)]
-        return DeletedNodes.of_columns(hashes, sizes)
-    if isinstance(packed, dict):
-        return DeletedNodes.of_columns(
-            [bytes(h) for h in packed["h"]], [int(n) for n in packed["n"]]
-        )
-    if isinstance(packed, list):
-        return DeletedNodes((bytes(h), int(n)) for h, n in packed)
-    raise ValueError(f"journal row holds a {type(packed).__name__}, not deleted nodes")
-
-
 class DeleteTransactions:
     """The delete side of `SqliteNodeStore` (a mixin: it needs `conn`)."""
 
@@ -119,7 +52,11 @@ class DeleteTransactions:
         *,
         trust_known: bool = True,
         by_range: bool = True,
+        defer_stale: bool = False,
     ) -> DeletedNodes:
+        """`defer_stale`: `stale` is the batch `stale_entries` returned, as it returned it, so
+        its key range holds it and nothing else; its rows may stay until the journal row is
+        logged (infrastructure/sweep_journal.py)."""
         c = self.conn
         hashes: list[bytes] = []
         sizes: list[int] = []
@@ -175,27 +112,24 @@ class DeleteTransactions:
             for row_id in kept:
                 del known[row_id]
             entries = list(known.values())
+            stale_range: StaleRange | None = None
+            if defer_stale and by_range and entries:
+                # The rows read above are journaled whole; those deleted from their entries
+                # are found again in the stale range, kept until the batch is logged.
+                journaled = journal_blob(hashes, sizes)
+                (first, first_hash, *_), (last, last_hash, *_) = stale[0], stale[-1]
+                stale_range = (first, first_hash, last, last_hash)
+            else:
+                self._consume_stale(stale, by_range=by_range)
             hashes += map(itemgetter(1), entries)
             sizes += map(itemgetter(3), entries)
             deleted_ids += known
-            self._consume_stale(stale, by_range=by_range)
             c.executemany("UPDATE roots SET swept = 1 WHERE tx_order = ?", [(o,) for o in swept])
             if hashes:
-                c.execute(
-                    "INSERT INTO sweep_journal(batch_key, cycle_no, snapshot_id, phase, "
-                    "batch_no, deleted, row_ids, event_rows) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        journal.batch_key,
-                        journal.cycle_no,
-                        journal.snapshot_id,
-                        journal.phase,
-                        journal.batch_no,
-                        # Columns, not pairs: packing a million 2-tuples cost ~0.4 s more.
-                        journal_blob(hashes, sizes),
-                        msgpack.packb(deleted_ids),
-                        journal.event_rows,
-                    ),
-                )
+                if stale_range is None:
+                    # Columns, not pairs: packing a million 2-tuples cost ~0.4 s more.
+                    journaled = journal_blob(hashes, sizes)
+                insert_journal_row(c, journal, journaled, deleted_ids, stale_range)
             c.execute("COMMIT")
         except (_RowsGoneBefore, _NotARange) as redo:
             c.execute("ROLLBACK")  # nothing of it stays: the whole transaction again, reading
@@ -211,6 +145,7 @@ class DeleteTransactions:
                 swept,
                 trust_known=trust_known,
                 by_range=by_range,
+                defer_stale=defer_stale,
             )
         except BaseException:
             if c.in_transaction:  # SQLite may have rolled back already (IOERR, FULL)

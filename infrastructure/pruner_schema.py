@@ -10,9 +10,11 @@ from infrastructure.sqlite_columns import add_missing_columns
 JOURNAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweep_journal (batch_key TEXT PRIMARY KEY, cycle_no INTEGER NOT NULL,
     snapshot_id INTEGER NOT NULL, phase TEXT NOT NULL, batch_no INTEGER NOT NULL,
+    stale_from_order INTEGER, stale_from_hash BLOB, stale_to_order INTEGER, stale_to_hash BLOB,
     deleted BLOB NOT NULL, logged INTEGER NOT NULL DEFAULT 0, row_ids BLOB,
     event_rows INTEGER NOT NULL DEFAULT 0);
 """
+# The stale_* columns come before the blobs: reading them then skips the blobs' overflow pages.
 # The newest lock holding that deleted in each group: a delete under an older fencing token is
 # refused inside its own transaction (see JournalEntry.fence_token).
 FENCE_SCHEMA = """
@@ -20,10 +22,19 @@ CREATE TABLE IF NOT EXISTS prune_fence (grp TEXT PRIMARY KEY, token INTEGER NOT 
     owner TEXT NOT NULL);
 """
 # Columns a journal table made by an older version gets (row_ids NULL: "not recorded";
-# event_rows 0: one event per entry, as then).
+# event_rows 0: one event per entry, as then; stale_* NULL: the row holds every hash).
 _JOURNAL_COLUMNS = {
     "row_ids": "ALTER TABLE sweep_journal ADD COLUMN row_ids BLOB",
     "event_rows": "ALTER TABLE sweep_journal ADD COLUMN event_rows INTEGER NOT NULL DEFAULT 0",
+    **{
+        column: f"ALTER TABLE sweep_journal ADD COLUMN {column} {kind}"
+        for column, kind in (
+            ("stale_from_order", "INTEGER"),
+            ("stale_from_hash", "BLOB"),
+            ("stale_to_order", "INTEGER"),
+            ("stale_to_hash", "BLOB"),
+        )
+    },
 }
 
 

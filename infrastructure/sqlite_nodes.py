@@ -7,17 +7,15 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-import msgpack
-
-from domain.errors import CorruptJournalError
 from domain.ports import MISSING_ROW, Expansion, JournalEntry, StaleEntry
 from infrastructure import smt
-from infrastructure.delete_txn import _CHUNK, DeleteTransactions, journaled_nodes
+from infrastructure.delete_txn import _CHUNK, DeleteTransactions
 from infrastructure.node_index import HashIndex
 from infrastructure.node_kids import add_kids_column, ids_by_hash, unpack_id_array, unpack_ids
 from infrastructure.pruner_schema import PRUNER_PRAGMAS, ensure_journal, tune_connection
 from infrastructure.reach_sets import FileReachStore, RoaringReach
 from infrastructure.stale_ids import add_stale_columns
+from infrastructure.sweep_journal import JournalRows, journaled_nodes, pending_stale_end
 
 __all__ = [
     "PRUNER_PRAGMAS",
@@ -30,7 +28,7 @@ __all__ = [
 ]
 
 
-class SqliteNodeStore(DeleteTransactions):
+class SqliteNodeStore(DeleteTransactions, JournalRows):
     """Implements NodeStorePort on its own connection to the state store file."""
 
     def __init__(self, path: Path | str) -> None:
@@ -42,6 +40,7 @@ class SqliteNodeStore(DeleteTransactions):
         add_stale_columns(self.conn)
         self._genesis: bytes | None = None
         self._index: HashIndex | None = None
+        self._last_read: list[StaleEntry] | None = None  # what stale_entries returned last
 
     @property
     def hash_index(self) -> HashIndex:
@@ -121,40 +120,27 @@ class SqliteNodeStore(DeleteTransactions):
         max_order: int,
         journal: JournalEntry,
     ) -> Sequence[tuple[bytes, int]]:
-        return self._delete(row_ids, max_order, journal, entries, [])
+        # The batch stale_entries returned last, as it returned it: its key range holds it
+        # and nothing else, so its rows may stay until it is logged (sweep_journal.py).
+        defer = bool(entries) and entries is self._last_read
+        self._last_read = None
+        return self._delete(row_ids, max_order, journal, entries, [], defer_stale=defer)
 
     def stale_entries(self, up_to_order: int, limit: int) -> list[StaleEntry]:
-        rows: list[StaleEntry] = self.conn.execute(  # NULL: an entry from before the columns
-            "SELECT stale_order, hash, ifnull(node_id, 0), ifnull(node_size, 0) FROM stale "
-            "WHERE stale_order <= ? ORDER BY stale_order, hash LIMIT ?",
-            (up_to_order, limit),
-        ).fetchall()
+        columns = "stale_order, hash, ifnull(node_id, 0), ifnull(node_size, 0)"  # NULL: older
+        # Past the rows of batches deleted but not logged yet (their journal rows keep them).
+        after = pending_stale_end(self.conn)
+        if after is None:
+            rows: list[StaleEntry] = self.conn.execute(
+                f"SELECT {columns} FROM stale WHERE stale_order <= ? "
+                "ORDER BY stale_order, hash LIMIT ?",
+                (up_to_order, limit),
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                f"SELECT {columns} FROM stale WHERE (stale_order, hash) > (?, ?) "
+                "AND stale_order <= ? ORDER BY stale_order, hash LIMIT ?",
+                (*after, up_to_order, limit),
+            ).fetchall()
+        self._last_read = rows
         return rows
-
-    # --- journal -------------------------------------------------------------------------
-
-    def unlogged_journal(self) -> list[JournalEntry]:
-        rows = self.conn.execute(
-            "SELECT batch_key, cycle_no, snapshot_id, phase, batch_no, deleted, row_ids, "
-            "event_rows FROM sweep_journal WHERE logged = 0 ORDER BY rowid"
-        ).fetchall()
-        entries = []
-        for k, c, s, p, b, d, ids, n in rows:
-            try:
-                deleted = journaled_nodes(d)
-                row_ids = [] if ids is None else [int(i) for i in msgpack.unpackb(ids)]
-            except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
-                raise CorruptJournalError(
-                    f"sweep journal row {k!r} of {self.path} cannot be read "
-                    f"({type(exc).__name__}: {exc}); it is "
-                    "left in place: restore the state store from a backup, or remove the row "
-                    "knowing that its batch's deleted nodes will be missing from the audit"
-                ) from None
-            entries.append(
-                JournalEntry(k, int(c), int(s), str(p), int(b), deleted, row_ids, event_rows=int(n))
-            )
-        return entries
-
-    def mark_journal_logged(self, batch_key: str) -> None:
-        # Logged entries are dropped: the event log now holds the audit.
-        self.conn.execute("DELETE FROM sweep_journal WHERE batch_key = ?", (batch_key,))
