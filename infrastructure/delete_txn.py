@@ -32,8 +32,10 @@ def _known_rows(stale: list[StaleEntry], row_ids: set[int]) -> dict[int, StaleEn
     known = dict(zip(map(itemgetter(2), stale), stale, strict=True))
     for row_id in known.keys() - row_ids:
         del known[row_id]
-    if not all(map(itemgetter(3), known.values())):  # a row without its size: read it instead
-        known = {row_id: e for row_id, e in known.items() if e[3]}
+    if not all(map(itemgetter(3), known.values())):
+        # An entry without its size is not trusted (its row is read instead), and a row's
+        # place is that of its first entry that has one (as sweep_journal finds them again).
+        known = {e[2]: e for e in stale if e[3] and e[2] in row_ids}
     return known
 
 

@@ -160,7 +160,8 @@ class JournalRows:
         self, read: DeletedNodes, row_ids: list[int], bounds: list[Any]
     ) -> DeletedNodes:
         """`read`, then the rows deleted from their stale entries: row_ids past `read`, in
-        entry order, each taken from its first entry in the range (as the delete did)."""
+        entry order, each taken from its first entry in the range that records its size (as
+        the delete did)."""
         wanted = set(row_ids[len(read) :])
         found: dict[int, tuple[bytes, int]] = {}
         for h, row_id, size in self.conn.execute(
@@ -168,7 +169,8 @@ class JournalRows:
             "ORDER BY stale_order, hash",
             bounds,
         ):
-            if row_id in wanted and row_id not in found:
+            # As `_known_rows` chose them: an entry without its size was not trusted.
+            if size and row_id in wanted and row_id not in found:
                 found[row_id] = (bytes(h), int(size))
         if list(found) != row_ids[len(read) :]:
             raise ValueError(
