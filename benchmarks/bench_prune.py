@@ -25,11 +25,11 @@ that does the same work with no bookkeeping. Prints ONE JSON object.
    both for the persisted bitmap and for the bitmap as BuildReach grows it (no run containers).
    tracemalloc is not meaningful: CRoaring allocates with malloc, outside Python's allocator.
 
-Repeats: each phase runs `--repeat` pairs (default 5), ours and then its baseline, each pair on
-fresh copies. This machine's disk is shared, and within one run single pairs' ratios ranged
-from 0.58 to 1.10 with the load of the moment. A phase's record is its median pair's (by
-ratio), and `repeats` lists every pair with the medians of our rate, the baseline's rate and
-the pairs' ratios; the target verdicts use those medians.
+Repeats: each phase runs `--repeat` pairs (default 7), ours and then its baseline, each pair on
+fresh copies. This machine is shared: within one run single pairs' ratios ranged from 0.58 to
+1.10 with the load of the moment, and the same phase's CPU time from 5.9 to 7.9 s. A phase's
+record is its median pair's (by ratio), and `repeats` lists every pair with the medians of our
+rate, the baseline's rate and the pairs' ratios; the target verdicts use those medians.
 `max_transaction_s` is the longest delete transaction: how long a writer may wait for the
 pruner (`batches_per_commit` trades it against throughput).
 
@@ -652,7 +652,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repeat",
         type=int,
-        default=5,
+        default=7,
         help="pairs (ours, then its baseline) per phase; figures are the medians",
     )
     args = parser.parse_args(argv)
