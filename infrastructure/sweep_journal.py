@@ -5,7 +5,8 @@ An IncrementalSweep batch read by `stale_entries` leaves its stale rows in place
 events are logged (`mark_journal_logged` then deletes them with the journal row, in one
 transaction). Its journal row names their key range instead of holding the hashes: the rows
 it deleted from what their stale entries recorded are those entries, found again by row id.
-This saves ~35 MB of journal writes and ~0.15 s of packing per million nodes deleted."""
+Per million nodes deleted this saves ~0.15 s of packing, and the sweep writes 16 MB less
+(942 -> 926 MB, counted as the process's write() bytes on the benchmark's 1M-node store)."""
 
 from __future__ import annotations
 
