@@ -116,7 +116,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Without --soak, soak tests are deselected (not skipped), so a default run reports
-    neither their count as skips nor their time."""
+    neither their count as skips nor their time. Under `HYPOTHESIS_PROFILE=soak` no test has
+    the default 300 s limit: thousands of programs take hours, and a cut-off run reports a
+    timeout (and a flaky replay) instead of what it found."""
+    if os.environ.get("HYPOTHESIS_PROFILE") == "soak":
+        for item in items:
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(0))
     if config.getoption("--soak"):
         return
     soak = [item for item in items if item.get_closest_marker("soak") is not None]
@@ -143,7 +149,8 @@ settings.register_profile(
     "soak",
     database=None,
     deadline=None,
-    max_examples=3_000,
+    # PRUNELOG_SOAK_EXAMPLES bounds a run (3,000 programs take hours on two cores).
+    max_examples=int(os.environ.get("PRUNELOG_SOAK_EXAMPLES", "3000")),
     stateful_step_count=50,
     suppress_health_check=[HealthCheck.too_slow],
     print_blob=True,
