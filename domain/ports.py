@@ -237,7 +237,9 @@ class NodeStorePort(Protocol):
         ...
 
     def stale_entries(self, up_to_order: int, limit: int) -> list[StaleEntry]:
-        """The first `limit` entries with order <= up_to_order, in key order."""
+        """The first `limit` entries with order <= up_to_order, in key order, leaving out
+        those of a batch already deleted whose journal entry is not logged yet (a store may
+        keep them until `mark_journal_logged`)."""
         ...
 
     def sweep_stale(
