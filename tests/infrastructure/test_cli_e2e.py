@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -405,6 +407,31 @@ def test_init_keeps_the_demos_config_and_run_once_prunes_one_more_cycle(
     assert (data / CONFIG_FILE).read_text() == config
     assert (summary["cycle"], summary["snapshot"]) == (5, 5)
     assert set(summary["deleted"]) == set(PHASES)
+
+
+def test_run_stops_on_an_unreadable_journal_row_with_one_line_and_deletes_nothing(
+    demo: Demo, tmp_path: Path
+) -> None:
+    data = demo.copy(tmp_path / "data")
+    state = data / STATE_FILE
+    with closing(sqlite3.connect(state)) as db:
+        db.execute(
+            "INSERT INTO sweep_journal(batch_key, cycle_no, snapshot_id, phase, batch_no, "
+            "deleted, row_ids, event_rows) VALUES ('default/9/1', 9, 9, 'SweepExpired', 1, "
+            "x'c1', NULL, 0)"
+        )
+        db.commit()
+        nodes = db.execute("SELECT COUNT(*) FROM nodes").fetchone()[0]
+
+    done = prunelog(data, "run", "--once")
+
+    assert done.code == 1 and "Traceback" not in done.err, done
+    (line,) = done.err.splitlines()
+    assert line.startswith("error: CorruptJournalError: sweep journal row 'default/9/1'"), done
+    assert str(state) in line and "left in place" in line
+    with closing(sqlite3.connect(state)) as db:
+        assert db.execute("SELECT batch_key FROM sweep_journal").fetchall() == [("default/9/1",)]
+        assert db.execute("SELECT COUNT(*) FROM nodes").fetchone()[0] == nodes
 
 
 # --- bad input: one line on stderr and exit code 2 ----------------------------------------
