@@ -43,7 +43,8 @@ time was this process's CPU: the machine is shared.
 
 Every connection, ours and the baselines', uses the same PRAGMAs (pruner_schema.PRUNER_PRAGMAS), so
 a ratio measures bookkeeping, not tuning. Deferred WAL checkpoint work left at the end of a sweep
-is timed separately (`final_checkpoint_s`) for ours and for the baseline.
+is timed separately (`final_checkpoint_s`) for ours and for the baseline, and so is the event
+log's (`event_log_checkpoint_s`: its WAL takes a sweep's events whole, EVENTS_WAL_PAGES).
 
 The store is built once (seeded bulk workload, in process, until it holds >= --nodes nodes) and
 cached under --cache-dir keyed by its parameters; every measurement works on a fresh copy. A
@@ -76,7 +77,7 @@ from pyroaring import BitMap
 from domain.config import PruneConfig
 from domain.pruning import FETCH_BATCH
 from infrastructure.delete_txn import _CHUNK as SQL_CHUNK
-from infrastructure.eventlog import STATE_FILE
+from infrastructure.eventlog import EVENTS_FILE, STATE_FILE
 from infrastructure.node_index import HashIndex
 from infrastructure.node_kids import LOOKUP_CHUNK, unpack_id_array
 from infrastructure.runtime import Runtime, Settings
@@ -512,6 +513,8 @@ def bench_sweep(
         report = rt.pruner.run_cycle()
         cycle_s, cpu_s = time.perf_counter() - t, time.process_time() - cpu
         final_ckpt = checkpoint(rt.nodes.conn)
+        with closing(sqlite3.connect(data_dir / EVENTS_FILE, isolation_level=None)) as events:
+            events_ckpt = checkpoint(events)
     stats = report.phases[phase]
     other = {k: round(v.seconds, 3) for k, v in report.phases.items() if k != phase}
     base_dir = work / f"{name}_baseline"
@@ -539,6 +542,7 @@ def bench_sweep(
         "walk_or_lookup_s": round(stats.seconds - probe.delete_path_s, 3),
         "rows_fetched": probe.rows_fetched,
         "final_checkpoint_s": final_ckpt,
+        "event_log_checkpoint_s": events_ckpt,
         "other_phases_s": other,
         "run_cycle_s": round(cycle_s, 3),
         "run_cycle_cpu_s": round(cpu_s, 3),
