@@ -25,7 +25,7 @@ from domain.errors import (
     RecoveryExhaustedError,
     UnknownPhaseError,
 )
-from infrastructure import cli_audit, cli_history, cli_store, cli_views
+from infrastructure import cli_audit, cli_history, cli_status, cli_store, cli_views
 from infrastructure.cli_common import Context, console, err, fail, usage_error
 from infrastructure.config_file import CONFIG_FILE, DEFAULT_TOML, load_settings
 from infrastructure.eventlog import ensure_data_dir
@@ -290,7 +290,7 @@ for _command in (
     cli_views.events,
     cli_history.replay,
     cli_history.export,
-    cli_history.status,
+    cli_status.status,
     cli_audit.audit,
     cli_store.upgrade_store,
 ):
