@@ -155,7 +155,7 @@ def demo_summary(demo_dir: Path, code: int) -> dict[str, Any]:
     """`demo --json`: what the demo's table shows, read back from its log and its store."""
     deleted: Counter[str] = Counter()
     freed: Counter[str] = Counter()
-    cycles = 0
+    cycles = consumed = 0
     with EventsourcingLog.open_sqlite(demo_dir) as log:
         for e in log.events():
             kind = type(e).__qualname__
@@ -163,6 +163,8 @@ def demo_summary(demo_dir: Path, code: int) -> dict[str, Any]:
                 deleted[e.phase] += e.count
                 freed[e.phase] += e.bytes_freed
             cycles += kind == "PruneCycle.Completed"
+            if kind == "PruneCycle.PhaseCompleted" and e.phase == "IncrementalSweep":
+                consumed += e.stats.get("visited", 0)
         head = log.head()
     with SqliteStateStore.open(demo_dir / STATE_FILE) as store:
         nodes, size = store.node_count(), store.total_bytes()
@@ -173,6 +175,7 @@ def demo_summary(demo_dir: Path, code: int) -> dict[str, Any]:
         "cycles_completed": cycles,
         "deleted": {p.value: deleted[p.value] for p in PrunePhase},
         "bytes_freed": {p.value: freed[p.value] for p in PrunePhase},
+        "stale_entries_consumed": consumed,
         "nodes_after": nodes,
         "bytes_after": size,
         "log_head": head,
