@@ -90,12 +90,13 @@ def run_demo(data_dir: Path, opts: DemoOptions, console: Console) -> int:
         ("BuildReach", "SweepExpired", "IncrementalSweep"), 0.0
     )
     checks: list[StoreCheck] = []
+    consumed = 0
     with Runtime(settings) as rt, SqliteStateStore.open(state_path) as store:
         for n in range(1, opts.cycles + 1):
             with RichProgress(console) as bars:
                 rt.pruner.progress = bars
                 report = rt.pruner.run_cycle()
-            _add(report, per_phase, seconds)
+            consumed += _add(report, per_phase, seconds)
             check = check_store(store, report.latest_order - opts.protection_orders)
             checks.append(check)
             console.print(
@@ -110,7 +111,7 @@ def run_demo(data_dir: Path, opts: DemoOptions, console: Console) -> int:
         console.print(f"writer stopped after {written.get('txs', '?')} more txs")
         for _ in range(2):  # with the writer stopped, two cycles must leave no garbage
             report = rt.pruner.run_cycle()
-            _add(report, per_phase, seconds)
+            consumed += _add(report, per_phase, seconds)
         final = check_store(store, report.latest_order - opts.protection_orders)
         checks.append(final)
         after_nodes, after_bytes = store.node_count(), store.total_bytes()
@@ -124,7 +125,7 @@ def run_demo(data_dir: Path, opts: DemoOptions, console: Console) -> int:
     table.add_row("bytes before → after", f"{before_bytes:,} → {after_bytes:,}")
     for phase in ("BuildReach", "SweepExpired", "IncrementalSweep"):
         table.add_row(f"{phase}: deleted / time", f"{per_phase[phase]:,} / {seconds[phase]:.2f}s")
-    table.add_row("IncrementalSweep: stale entries consumed", f"{per_phase[CONSUMED]:,}")
+    table.add_row("IncrementalSweep: stale entries consumed", f"{consumed:,}")
     table.add_row("unreachable nodes left (writer stopped)", f"{final.unreachable_stored:,}")
     violations = sum(c.violations for c in checks)
     table.add_row("violations (missing or corrupt nodes)", str(violations))
@@ -137,15 +138,14 @@ def run_demo(data_dir: Path, opts: DemoOptions, console: Console) -> int:
     return 1 if violations or final.unreachable_stored else 0
 
 
-CONSUMED = "stale entries consumed"
-
-
-def _add(report: CycleReport, per_phase: Counter[str], seconds: dict[str, float]) -> None:
+def _add(report: CycleReport, per_phase: Counter[str], seconds: dict[str, float]) -> int:
+    """Adds a cycle's deletes and times; returns the stale entries IncrementalSweep consumed
+    (its `visited`: every entry it reads, it removes)."""
     for phase, stats in report.phases.items():
         per_phase[phase] += stats.deleted
         seconds[phase] += stats.seconds
-    if "IncrementalSweep" in report.phases:  # its `visited`: the entries it read and removed
-        per_phase[CONSUMED] += report.phases["IncrementalSweep"].visited
+    incremental = report.phases.get("IncrementalSweep")
+    return incremental.visited if incremental is not None else 0
 
 
 def _print_events(rt: Runtime, console: Console) -> None:
