@@ -52,7 +52,7 @@ from projections.runner import ProjectionRunner
 BACKENDS = ("postgresql", "sqlite")
 HASHES_PER_EVENT = 100
 INTERVAL_S = 0.05
-RETRY_S = max(INTERVAL_S, 1.0)  # how often a waiting node tries the lock (cli._watch)
+RETRY_S = max(INTERVAL_S, 1.0)  # how often a waiting node tries the lock (cli_run._watch)
 # As in tests/infrastructure/test_multinode.py: owner ids and liveness use gethostname().
 ON_ITS_OWN_HOST = """\
 import os, socket
