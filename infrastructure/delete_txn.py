@@ -9,6 +9,7 @@ from operator import itemgetter
 
 from domain.errors import LockNotHeldError
 from domain.ports import DeletedNodes, JournalEntry, StaleEntry
+from infrastructure.sqlite_txn import write_transaction
 from infrastructure.sweep_journal import StaleRange, insert_journal_row, journal_blob
 
 # Ids per statement: with the guarded DELETE's extra parameter it stays within the 999 bound
@@ -70,71 +71,71 @@ class DeleteTransactions:
         known = _known_rows(stale, todo) if trust_known and stale else {}
         all_known = bool(known) and len(known) == len(todo)
         kept: set[int] = set()  # by the guard, in chunks deleted from what their entries say
-        c.execute("BEGIN IMMEDIATE")
         try:
-            self._check_fence(journal)
-            for i in range(0, len(row_ids), _CHUNK):
-                chunk = row_ids[i : i + _CHUNK]
-                # The guard: a writer that stamped the hash after the snapshot wins.
-                where = f"id IN ({','.join('?' * len(chunk))}) AND written_order <= ?"
-                params = [*chunk, max_order]
-                if all_known or (known and all(map(known.__contains__, chunk))):
-                    # Audited at the end from `known`, in entry order.
-                    ids = self._delete_known(c, chunk, where, params)
-                    if len(ids) < len(chunk):
-                        kept.update(chunk)
-                        kept.difference_update(ids)
-                    continue
-                for row_id in chunk:  # audited from the rows read below
-                    known.pop(row_id, None)
-                # What the guarded DELETE will remove, read first inside the same write
-                # transaction (no writer can commit in between): measurably cheaper than
-                # DELETE ... RETURNING, which costs ~8 us more CPU per row.
-                # ORDER BY id costs no sort (the IN list is walked in rowid order) and pairs
-                # each row with its id: when every id is there and passes the guard, the
-                # ids are the chunk itself.
-                rows = c.execute(
-                    f"SELECT hash, length(hash) + length(data) FROM nodes WHERE {where} "
-                    "ORDER BY id",
-                    params,
-                ).fetchall()
-                if len(rows) == len(chunk):
-                    ids = chunk
-                else:
-                    sql = f"SELECT id FROM nodes WHERE {where} ORDER BY id"
-                    ids = [i for (i,) in c.execute(sql, params)]
-                removed = c.execute(f"DELETE FROM nodes WHERE {where}", params).rowcount
-                if removed != len(rows):  # rolls the transaction back
-                    raise sqlite3.DatabaseError(
-                        f"guarded delete removed {removed} rows, expected {len(rows)}"
-                    )
-                hashes.extend(map(itemgetter(0), rows))
-                sizes.extend(map(itemgetter(1), rows))
-                deleted_ids.extend(ids)
-            for row_id in kept:
-                del known[row_id]
-            entries = list(known.values())
-            stale_range: StaleRange | None = None
-            if defer_stale and by_range and entries:
-                # The rows read above are journaled whole; those deleted from their entries
-                # are found again in the stale range, kept until the batch is logged.
-                journaled = journal_blob(hashes, sizes)
-                (first, first_hash, *_), (last, last_hash, *_) = stale[0], stale[-1]
-                stale_range = (first, first_hash, last, last_hash)
-            else:
-                self._consume_stale(stale, by_range=by_range)
-            hashes += map(itemgetter(1), entries)
-            sizes += map(itemgetter(3), entries)
-            deleted_ids += known
-            c.executemany("UPDATE roots SET swept = 1 WHERE tx_order = ?", [(o,) for o in swept])
-            if hashes:
-                if stale_range is None:
-                    # Columns, not pairs: packing a million 2-tuples cost ~0.4 s more.
+            with write_transaction(c):
+                self._check_fence(journal)
+                for i in range(0, len(row_ids), _CHUNK):
+                    chunk = row_ids[i : i + _CHUNK]
+                    # The guard: a writer that stamped the hash after the snapshot wins.
+                    where = f"id IN ({','.join('?' * len(chunk))}) AND written_order <= ?"
+                    params = [*chunk, max_order]
+                    if all_known or (known and all(map(known.__contains__, chunk))):
+                        # Audited at the end from `known`, in entry order.
+                        ids = self._delete_known(c, chunk, where, params)
+                        if len(ids) < len(chunk):
+                            kept.update(chunk)
+                            kept.difference_update(ids)
+                        continue
+                    for row_id in chunk:  # audited from the rows read below
+                        known.pop(row_id, None)
+                    # What the guarded DELETE will remove, read first inside the same write
+                    # transaction (no writer can commit in between): measurably cheaper than
+                    # DELETE ... RETURNING, which costs ~8 us more CPU per row.
+                    # ORDER BY id costs no sort (the IN list is walked in rowid order) and pairs
+                    # each row with its id: when every id is there and passes the guard, the
+                    # ids are the chunk itself.
+                    rows = c.execute(
+                        f"SELECT hash, length(hash) + length(data) FROM nodes WHERE {where} "
+                        "ORDER BY id",
+                        params,
+                    ).fetchall()
+                    if len(rows) == len(chunk):
+                        ids = chunk
+                    else:
+                        sql = f"SELECT id FROM nodes WHERE {where} ORDER BY id"
+                        ids = [i for (i,) in c.execute(sql, params)]
+                    removed = c.execute(f"DELETE FROM nodes WHERE {where}", params).rowcount
+                    if removed != len(rows):  # rolls the transaction back
+                        raise sqlite3.DatabaseError(
+                            f"guarded delete removed {removed} rows, expected {len(rows)}"
+                        )
+                    hashes.extend(map(itemgetter(0), rows))
+                    sizes.extend(map(itemgetter(1), rows))
+                    deleted_ids.extend(ids)
+                for row_id in kept:
+                    del known[row_id]
+                entries = list(known.values())
+                stale_range: StaleRange | None = None
+                if defer_stale and by_range and entries:
+                    # The rows read above are journaled whole; those deleted from their entries
+                    # are found again in the stale range, kept until the batch is logged.
                     journaled = journal_blob(hashes, sizes)
-                insert_journal_row(c, journal, journaled, deleted_ids, stale_range)
-            c.execute("COMMIT")
+                    (first, first_hash, *_), (last, last_hash, *_) = stale[0], stale[-1]
+                    stale_range = (first, first_hash, last, last_hash)
+                else:
+                    self._consume_stale(stale, by_range=by_range)
+                hashes += map(itemgetter(1), entries)
+                sizes += map(itemgetter(3), entries)
+                deleted_ids += known
+                swept_rows = [(o,) for o in swept]
+                c.executemany("UPDATE roots SET swept = 1 WHERE tx_order = ?", swept_rows)
+                if hashes:
+                    if stale_range is None:
+                        # Columns, not pairs: packing a million 2-tuples cost ~0.4 s more.
+                        journaled = journal_blob(hashes, sizes)
+                    insert_journal_row(c, journal, journaled, deleted_ids, stale_range)
         except (_RowsGoneBefore, _NotARange) as redo:
-            c.execute("ROLLBACK")  # nothing of it stays: the whole transaction again, reading
+            # write_transaction rolled it back: the whole transaction again, reading
             if isinstance(redo, _RowsGoneBefore):  # the rows, or consuming row by row
                 trust_known = False
             else:
@@ -149,10 +150,6 @@ class DeleteTransactions:
                 by_range=by_range,
                 defer_stale=defer_stale,
             )
-        except BaseException:
-            if c.in_transaction:  # SQLite may have rolled back already (IOERR, FULL)
-                c.execute("ROLLBACK")
-            raise
         return DeletedNodes.of_columns(hashes, sizes, deleted_ids)
 
     @staticmethod

@@ -22,6 +22,8 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from infrastructure.sqlite_txn import write_transaction
+
 PREFIX_BYTES = 8
 NODES_TABLE = """
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -96,8 +98,7 @@ def rebuild_nodes(conn: sqlite3.Connection) -> bool:
     (1M nodes, 426 MB: 15 s.)"""
     if HashIndex.of(conn).prefixed:
         return False
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(conn):
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'nodes'").fetchone()
         conn.execute("ALTER TABLE nodes RENAME TO nodes_before_prefix")
         conn.execute(NODES_TABLE)
@@ -110,9 +111,4 @@ def rebuild_nodes(conn: sqlite3.Connection) -> bool:
             conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'nodes'", row)
         for sql in _PREFIX_INDEX:
             conn.execute(sql)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:  # SQLite may have rolled back already (IOERR, FULL)
-            conn.execute("ROLLBACK")
-        raise
     return True

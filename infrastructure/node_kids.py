@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from infrastructure import smt
 from infrastructure.node_index import HashIndex
 from infrastructure.sqlite_columns import add_missing_columns
+from infrastructure.sqlite_txn import write_transaction
 
 # The write barrier: a hash that already exists is stamped again (with its `kids`, the
 # children's row ids in smt.children order, `pack_ids`, rewritten too); a new one is inserted.
@@ -146,8 +147,7 @@ def backfill_kids(conn: sqlite3.Connection, index: HashIndex, batch: int = 20_00
     back to hashes for it."""
     filled, after = 0, 0
     while True:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             rows = conn.execute(
                 "SELECT id, data FROM nodes WHERE id > ? AND kids IS NULL ORDER BY id LIMIT ?",
                 (after, batch),
@@ -161,11 +161,6 @@ def backfill_kids(conn: sqlite3.Connection, index: HashIndex, batch: int = 20_00
                 if all(c in ids for c in kids)
             ]
             conn.executemany("UPDATE nodes SET kids = ? WHERE id = ?", updates)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # SQLite may have rolled back already (IOERR, FULL)
-                conn.execute("ROLLBACK")
-            raise
         filled += len(updates)
         if not rows:
             return filled

@@ -128,19 +128,15 @@ class SqliteNodeStore(DeleteTransactions, JournalRows):
 
     def stale_entries(self, up_to_order: int, limit: int) -> list[StaleEntry]:
         columns = "stale_order, hash, ifnull(node_id, 0), ifnull(node_size, 0)"  # NULL: older
+        where = "stale_order <= ?"
+        params: tuple[object, ...] = (up_to_order,)
         # Past the rows of batches deleted but not logged yet (their journal rows keep them).
         after = pending_stale_end(self.conn)
-        if after is None:
-            rows: list[StaleEntry] = self.conn.execute(
-                f"SELECT {columns} FROM stale WHERE stale_order <= ? "
-                "ORDER BY stale_order, hash LIMIT ?",
-                (up_to_order, limit),
-            ).fetchall()
-        else:
-            rows = self.conn.execute(
-                f"SELECT {columns} FROM stale WHERE (stale_order, hash) > (?, ?) "
-                "AND stale_order <= ? ORDER BY stale_order, hash LIMIT ?",
-                (*after, up_to_order, limit),
-            ).fetchall()
+        if after is not None:
+            where, params = f"(stale_order, hash) > (?, ?) AND {where}", (*after, up_to_order)
+        rows: list[StaleEntry] = self.conn.execute(
+            f"SELECT {columns} FROM stale WHERE {where} ORDER BY stale_order, hash LIMIT ?",
+            (*params, limit),
+        ).fetchall()
         self._last_read = rows
         return rows

@@ -16,6 +16,7 @@ import sqlite3
 
 from infrastructure.node_index import HashIndex
 from infrastructure.sqlite_columns import add_missing_columns
+from infrastructure.sqlite_txn import write_transaction
 
 _COLUMNS = {
     "node_id": "ALTER TABLE stale ADD COLUMN node_id INTEGER",
@@ -38,8 +39,7 @@ def backfill_stale_ids(conn: sqlite3.Connection, index: HashIndex, batch: int = 
     writer gets turns."""
     filled, after = 0, (-1, b"")
     while True:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             keys = conn.execute(
                 "SELECT stale_order, hash FROM stale WHERE (stale_order, hash) > (?, ?) "
                 "AND (node_id IS NULL OR node_size IS NULL) ORDER BY stale_order, hash LIMIT ?",
@@ -54,11 +54,6 @@ def backfill_stale_ids(conn: sqlite3.Connection, index: HashIndex, batch: int = 
                     f"BETWEEN (?, ?) AND (?, ?) AND EXISTS (SELECT 1 FROM nodes WHERE {same})",
                     (*keys[0], *keys[-1]),
                 ).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # SQLite may have rolled back already (IOERR, FULL)
-                conn.execute("ROLLBACK")
-            raise
         if len(keys) < batch:
             return filled
         after = keys[-1]

@@ -30,6 +30,7 @@ from infrastructure.node_kids import (
     write_nodes,
 )
 from infrastructure.root_queries import RootQueries
+from infrastructure.sqlite_txn import write_transaction
 from infrastructure.stale_ids import INSERT_STALE, add_stale_columns, backfill_stale_ids
 from infrastructure.state_rows import (
     ChainViewRow,
@@ -142,8 +143,7 @@ class SqliteStateStore(RootQueries):
             if both:
                 raise ValueError(f"keys both in changes and objects: {sorted(both)[:3]}")
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             row = conn.execute(
                 "SELECT tx_order, state_root FROM roots ORDER BY tx_order DESC LIMIT 1"
             ).fetchone()
@@ -156,11 +156,6 @@ class SqliteStateStore(RootQueries):
             for spec in txs:
                 results.append(self._write_tx(order, root, spec, batch_nodes, batch_ids))
                 order, root = order + 1, results[-1].state_root
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return results
 
     def _write_tx(

@@ -19,6 +19,7 @@ import msgpack
 
 from domain.errors import CorruptJournalError
 from domain.ports import DeletedNodes, JournalEntry
+from infrastructure.sqlite_txn import write_transaction
 
 # Sizes in a journal row: unsigned 32-bit, little-endian.
 _U32 = next(code for code in "IL" if array(code).itemsize == 4)
@@ -185,8 +186,7 @@ class JournalRows:
     def mark_journal_logged(self, batch_key: str) -> None:
         """Drops the row (the event log now holds the audit) and the stale rows it kept."""
         c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(c):
             bounds = c.execute(
                 "SELECT stale_from_order, stale_from_hash, stale_to_order, stale_to_hash "
                 "FROM sweep_journal WHERE batch_key = ?",
@@ -195,8 +195,3 @@ class JournalRows:
             if bounds is not None and bounds[0] is not None:
                 c.execute(f"DELETE FROM stale WHERE {IN_RANGE}", bounds)
             c.execute("DELETE FROM sweep_journal WHERE batch_key = ?", (batch_key,))
-            c.execute("COMMIT")
-        except BaseException:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
